@@ -1,0 +1,26 @@
+"""adtn: compress neural networks with tensor networks, on one graph engine."""
+
+from .errors import AdtnError, FrozenGraphError, GraphError, RankError, SchemaError, ShapeError, TemplateError
+from .graph import TensorGraph
+from .module import TNModule, compile
+from .plan import Cost, Plan, clear_cache, plan, signature
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdtnError",
+    "Cost",
+    "FrozenGraphError",
+    "GraphError",
+    "Plan",
+    "RankError",
+    "SchemaError",
+    "ShapeError",
+    "TNModule",
+    "TemplateError",
+    "TensorGraph",
+    "clear_cache",
+    "compile",
+    "plan",
+    "signature",
+]

@@ -1,0 +1,243 @@
+"""TNModule: a frozen TensorGraph compiled into a differentiable torch module.
+
+Parameters live in an ``nn.ParameterDict`` keyed by node name, fixed nodes are buffers.
+Plans are made once per input shape (see ``adtn.plan``) and reused; ``dense()`` contracts
+the whole network, ``apply(x, axis)`` contracts a batch through it as one more node, so the
+planner may never form the dense tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import AdtnError, GraphError, ShapeError
+from .graph import TensorGraph
+from .initializers import InitSpec, fixed_tensor, initial_tensors
+from .plan import Cost, Plan, execute, plan
+
+__all__ = ["TNModule", "compile"]
+
+
+class _Buffers(nn.Module):
+    """A dict of buffers (torch has no BufferDict), so fixed nodes move with ``.to()``."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        for name, tensor in tensors.items():
+            self.register_buffer(name, tensor)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return getattr(self, name)
+
+
+class TNModule(nn.Module):
+    """A tensor network as an ``nn.Module``: ``dense()``, ``apply(x, axis)``, ``cost()``.
+
+    Args:
+        graph: the network; frozen here if it is not yet.
+        init: ``"normal"`` (variance-preserving, honours node hints), another hint name,
+            a dict node -> tensor, or a callable ``(name, shape) -> tensor``.
+        std: target standard deviation of the dense tensor's entries for ``"normal"``.
+        optimize: ``"auto"``, an opt_einsum optimizer, or ``"cotengra"``.
+        memory_limit: largest intermediate (elements) the planner may form.
+    """
+
+    def __init__(
+        self,
+        graph: TensorGraph,
+        init: InitSpec = "normal",
+        *,
+        std: float = 1.0,
+        dtype: torch.dtype | None = None,
+        device: Any = None,
+        optimize: str | Any = "auto",
+        memory_limit: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.graph = graph.freeze()
+        self.optimize = optimize
+        self.memory_limit = memory_limit
+        tensors = initial_tensors(graph, init, std=std, dtype=dtype, device=device, seed=seed)
+        self.params = nn.ParameterDict({name: nn.Parameter(t) for name, t in tensors.items()})
+        fixed = {n: fixed_tensor(graph, n, dtype, device) for n in graph.nodes_with_role("fixed")}
+        self.fixed = _Buffers(fixed)
+        self._roles = [(n, graph.node(n)["role"]) for n in graph.nodes]
+        self._inputs = graph.nodes_with_role("input")
+        self._dense_shape = tuple(graph.axis_sizes.values())
+        self._plans: dict[tuple, Plan] = {}
+        self._dense_cache: tuple[tuple, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, feed: Sequence[str] = (), batch: int | None = None) -> Plan:
+        """The (cached) contraction plan for inputs on ``feed`` axes with this batch size."""
+        key = (tuple(feed), batch)
+        hit = self._plans.get(key)
+        if hit is None:
+            hit = self._plans[key] = plan(self.graph, feed, batch, self.optimize, self.memory_limit)
+        return hit
+
+    def cost(self, batch: int | None = None, axis: str | Sequence[str] | None = None) -> Cost:
+        """FLOPs, largest intermediate and parameters of ``dense()`` or of ``apply`` on ``axis``."""
+        feed = _axes(axis)
+        if self._inputs and batch is None:
+            batch = 1
+        return self.plan(feed, batch if (feed or self._inputs) else None).cost
+
+    # ------------------------------------------------------------------ contraction
+    @property
+    def dtype(self) -> torch.dtype:
+        for t in self._tensors():
+            return t.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        for t in self._tensors():
+            return t.device
+        return torch.device("cpu")
+
+    def _tensors(self):
+        yield from self.params.values()
+        yield from self.fixed.buffers()
+
+    def node_tensors(self) -> dict[str, torch.Tensor]:
+        """Every param and fixed node's current tensor, by node name."""
+        out: dict[str, torch.Tensor] = {}
+        for name, role in self._roles:
+            if role == "param":
+                out[name] = self.params[name]
+            elif role == "fixed":
+                out[name] = self.fixed[name]
+        return out
+
+    def _operands(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        ops = []
+        for name, role in self._roles:
+            if role == "param":
+                ops.append(self.params[name])
+            elif role == "fixed":
+                ops.append(self.fixed[name])
+            else:
+                ops.append(inputs[name])
+        return ops
+
+    def _version_key(self) -> tuple:
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._tensors())
+
+    def dense(self) -> torch.Tensor:
+        """The full tensor, one dimension per output axis (in the order of ``set_outputs``).
+
+        In eval mode without autograd the result is cached until a parameter changes.
+        """
+        if self._inputs:
+            raise GraphError(
+                f"graph {self.graph.name!r} has input nodes {self._inputs}: call the module with them, "
+                "e.g. module(**{name: tensor})"
+            )
+        cacheable = not self.training and not torch.is_grad_enabled() and not _compiling()
+        if cacheable and self._dense_cache is not None and self._dense_cache[0] == self._version_key():
+            return self._dense_cache[1]
+        p = self._plans.get(((), None)) or self.plan()
+        out = execute(p.steps, self._operands({}))
+        out = out.reshape(self._dense_shape)
+        if cacheable:
+            self._dense_cache = (self._version_key(), out)
+        return out
+
+    def apply(self, x: torch.Tensor, axis: str | Sequence[str] = "in") -> torch.Tensor:
+        """Contract ``x`` (..., size of ``axis``) through the network: (..., remaining axes).
+
+        With several axes, ``x`` ends with one dimension per axis. ``x`` is one more node
+        for the planner, so the dense tensor is formed only when that is cheaper.
+        """
+        if self._inputs:
+            raise GraphError(f"apply: graph {self.graph.name!r} has input nodes {self._inputs}; call module(**inputs)")
+        feed = _axes(axis)
+        sizes = self.graph.axis_sizes
+        for ax in feed:
+            if ax not in sizes:
+                raise GraphError(f"apply: graph {self.graph.name!r} has no axis {ax!r}; axes: {list(sizes)}")
+        want = tuple(sizes[ax] for ax in feed)
+        if x.dim() < len(feed) or tuple(x.shape[x.dim() - len(feed):]) != want:
+            names = ", ".join(f"{ax}={sizes[ax]}" for ax in feed)
+            raise ShapeError(
+                f"apply: input of shape {tuple(x.shape)} must end with the sizes of axis ({names}), "
+                f"i.e. {want}"
+            )
+        self._check_dtype(x, "apply")
+        lead = x.shape[: x.dim() - len(feed)]
+        batch = math.prod(lead)
+        legs = tuple(s for ax in feed for s in self.graph.axis_shape(ax))
+        p = self.plan(feed, batch)
+        ops = self._operands({}) + [x.reshape((batch,) + legs)]
+        out = execute(p.steps, ops)
+        rest = tuple(sizes[ax] for ax in p.out_axes)
+        return out.reshape(tuple(lead) + rest)
+
+    def forward(self, x: torch.Tensor | None = None, axis: str | Sequence[str] = "in", **inputs: torch.Tensor) -> torch.Tensor:
+        """``module()`` -> ``dense()``; ``module(x)`` -> ``apply(x, axis)``; ``module(name=t)`` feeds input nodes."""
+        if x is None and not inputs:
+            return self.dense()
+        if x is not None:
+            if inputs:
+                raise AdtnError("pass either x (fed to an axis) or input nodes by name, not both")
+            return self.apply(x, axis)
+        return self._forward_inputs(inputs)
+
+    def _forward_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        missing = [n for n in self._inputs if n not in inputs]
+        unknown = [n for n in inputs if n not in self._inputs]
+        if missing or unknown:
+            raise GraphError(
+                f"graph {self.graph.name!r} takes inputs {self._inputs}; missing {missing}, unknown {unknown}"
+            )
+        lead = None
+        flat = {}
+        for name in self._inputs:
+            t = inputs[name]
+            self._check_dtype(t, f"input {name!r}")
+            shape = self.graph.shape(name)
+            if t.dim() < len(shape) or tuple(t.shape[t.dim() - len(shape):]) != shape:
+                raise ShapeError(
+                    f"input node {name!r}: tensor of shape {tuple(t.shape)} must end with its legs "
+                    f"{self.graph.legs(name)}, i.e. {shape}"
+                )
+            this_lead = tuple(t.shape[: t.dim() - len(shape)])
+            if lead is not None and this_lead != lead:
+                raise ShapeError(f"input node {name!r}: batch shape {this_lead} differs from {lead} of the others")
+            lead = this_lead
+            flat[name] = t.reshape((math.prod(this_lead),) + shape)
+        batch = math.prod(lead)
+        p = self.plan((), batch)
+        out = execute(p.steps, self._operands(flat))
+        return out.reshape(lead + tuple(self.graph.axis_sizes.values()))
+
+    def _check_dtype(self, t: torch.Tensor, where: str) -> None:
+        if t.dtype != self.dtype:
+            raise AdtnError(f"{where}: dtype {t.dtype} does not match the module's {self.dtype}; cast one of them")
+
+    def extra_repr(self) -> str:
+        axes = ", ".join(f"{ax}={size}" for ax, size in self.graph.axis_sizes.items())
+        return f"graph={self.graph.name!r}, nodes={len(self.graph)}, params={self.graph.num_params:,}, axes=({axes})"
+
+
+def _axes(axis: str | Sequence[str] | None) -> tuple[str, ...]:
+    if axis is None:
+        return ()
+    return (axis,) if isinstance(axis, str) else tuple(axis)
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler and compiler.is_compiling())
+
+
+def compile(graph: TensorGraph, init: InitSpec = "normal", **options: Any) -> TNModule:  # noqa: A001
+    """Compile a graph into a ``TNModule`` (see its docstring for the options)."""
+    return TNModule(graph, init, **options)

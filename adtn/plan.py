@@ -1,0 +1,232 @@
+"""Contraction planning: graph structure + shapes -> a cached opt_einsum path and its cost.
+
+The planner never looks at tensor values, so a plan is made once per (structure, shapes)
+and reused every step. Symbols come from ``opt_einsum.get_symbol``; execution goes pairwise
+through ``torch.einsum`` with each step's symbols mapped to letters (what opt_einsum's torch
+backend does), so graphs with hundreds of indices work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import opt_einsum as oe
+import torch
+
+from .errors import AdtnError, GraphError
+from .graph import TensorGraph
+
+__all__ = ["Signature", "Cost", "Plan", "signature", "plan", "choose_optimizer", "clear_cache", "execute", "Step"]
+
+BATCH = "_batch"  # operand-name prefix of inputs fed to output axes
+_CACHE: OrderedDict[tuple, Plan] = OrderedDict()
+_CACHE_SIZE = 512
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The einsum view of a graph: one (name, symbols) per operand, the output symbols, sizes."""
+
+    operands: tuple[tuple[str, str], ...]
+    output: str
+    size_dict: dict[str, int]
+
+    @property
+    def equation(self) -> str:
+        return ",".join(s for _, s in self.operands) + "->" + self.output
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(self.size_dict[c] for c in s) for _, s in self.operands]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a contraction costs: FLOPs, largest intermediate (elements), parameters, path."""
+
+    flops: int
+    largest_intermediate: int
+    params: int
+    path: tuple[tuple[int, ...], ...] = field(repr=False)
+    optimizer: str = "auto"
+
+    def __str__(self) -> str:
+        return (
+            f"Cost(flops={self.flops:.3g}, largest_intermediate={self.largest_intermediate:,}, "
+            f"params={self.params:,}, steps={len(self.path)}, optimizer={self.optimizer!r})"
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A planned contraction: the signature, pairwise steps for ``execute``, and its cost."""
+
+    signature: Signature
+    steps: tuple[Step, ...]
+    cost: Cost
+    fed_axes: tuple[str, ...]
+    out_axes: tuple[str, ...]
+
+
+def signature(graph: TensorGraph, feed: Sequence[str] = (), batch: int | None = None) -> Signature:
+    """Assign one opt_einsum symbol per bond and open leg.
+
+    Operands are the graph's nodes in insertion order, then one input operand per fed axis
+    (named ``_batch:<axis>``) whose legs are the axis's legs. With a ``batch`` size every
+    input operand (fed axes and ``input`` nodes) gets a leading batch symbol, kept in the output.
+    The output holds the remaining axes' legs, axis by axis.
+    """
+    feed = tuple(feed)
+    for axis in feed:
+        if axis not in graph.outputs:
+            raise GraphError(f"cannot feed axis {axis!r}: graph {graph.name!r} has axes {list(graph.outputs)}")
+    symbols: dict[Any, str] = {}
+    size_dict: dict[str, int] = {}
+
+    def symbol_of(key: Any, size: int) -> str:
+        if key not in symbols:
+            symbols[key] = oe.get_symbol(len(symbols))
+            size_dict[symbols[key]] = size
+        return symbols[key]
+
+    batch_symbol = symbol_of(BATCH, batch) if batch is not None else ""
+    operands = []
+    for name, legs in graph.iter_legs():
+        subs = []
+        for leg_name, size in legs.items():
+            leg = graph.leg((name, leg_name))
+            other = graph.partner(leg)
+            key = frozenset((leg, other)) if other is not None else leg
+            subs.append(symbol_of(key, size))
+        prefix = batch_symbol if graph.node(name)["role"] == "input" else ""
+        operands.append((name, prefix + "".join(subs)))
+    for axis in feed:
+        subs = "".join(symbols[leg] for leg in graph.outputs[axis])
+        operands.append((f"{BATCH}:{axis}", batch_symbol + subs))
+    output = batch_symbol + "".join(
+        symbols[leg] for axis, legs in graph.outputs.items() if axis not in feed for leg in legs
+    )
+    return Signature(tuple(operands), output, size_dict)
+
+
+def choose_optimizer(n_operands: int) -> str:
+    """Exact search for small graphs, greedy beyond: 'optimal'/'dp' do not finish on big ones."""
+    if n_operands <= 6:
+        return "optimal"
+    if n_operands <= 12:
+        return "dp"
+    return "greedy"
+
+
+def _cotengra_optimizer(memory_limit: int | None) -> Any:
+    try:
+        import cotengra as ctg
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise AdtnError("optimize='cotengra' needs cotengra: pip install adtn[fast]") from None
+    kwargs: dict[str, Any] = {"max_repeats": 32, "progbar": False}
+    if memory_limit is not None:
+        kwargs["slicing_opts"] = {"target_size": memory_limit}
+    return ctg.HyperOptimizer(**kwargs)
+
+
+def plan(
+    graph: TensorGraph,
+    feed: Sequence[str] = (),
+    batch: int | None = None,
+    optimize: str | Any = "auto",
+    memory_limit: int | None = None,
+) -> Plan:
+    """Plan (or fetch from cache) the contraction of ``graph`` with inputs on ``feed`` axes.
+
+    ``batch`` is the batch size of the inputs (None when there are none). ``optimize`` is
+    ``"auto"`` (our size-based choice), any opt_einsum optimizer name or object, or
+    ``"cotengra"``. The cache key is the structure hash plus shapes and options.
+    """
+    if not graph.frozen:
+        raise GraphError(f"graph {graph.name!r} must be frozen before planning: call graph.freeze()")
+    has_inputs = bool(feed) or bool(graph.nodes_with_role("input"))
+    if has_inputs and batch is None:
+        batch = 1
+    opt_key = optimize if isinstance(optimize, str) else id(optimize)
+    key = (graph.structure_hash(), tuple(feed), batch if has_inputs else None, opt_key, memory_limit)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    sig = signature(graph, feed, batch=batch if has_inputs else None)
+    n = len(sig.operands)
+    name = optimize if isinstance(optimize, str) else type(optimize).__name__
+    if optimize == "auto":
+        name = optimize = choose_optimizer(n)
+    elif optimize == "cotengra":
+        optimize = _cotengra_optimizer(memory_limit)
+    shapes = sig.shapes()
+    path, info = oe.contract_path(sig.equation, *shapes, shapes=True, optimize=optimize, memory_limit=memory_limit)
+    steps = tuple(Step.build(tuple(c[0]), c[2]) for c in info.contraction_list)
+    params = graph.num_params
+    cost = Cost(int(info.opt_cost), int(info.largest_intermediate), params, tuple(map(tuple, path)), str(name))
+    fed = tuple(feed)
+    out_axes = tuple(ax for ax in graph.outputs if ax not in fed)
+    result = Plan(sig, steps, cost, fed, out_axes)
+    _CACHE[key] = result
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return result
+
+
+def clear_cache() -> None:
+    """Forget every cached plan (plans are rebuilt on demand)."""
+    _CACHE.clear()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pairwise (or single-operand) contraction: tensordot + permute when it is a pure
+    contraction of shared indices, else ``torch.einsum`` on letters (torch accepts only a-zA-Z)."""
+
+    positions: tuple[int, ...]
+    equation: str
+    dims: tuple[tuple[int, ...], tuple[int, ...]] | None
+    perm: tuple[int, ...] | None
+
+    @classmethod
+    def build(cls, positions: tuple[int, ...], equation: str) -> Step:
+        inputs, output = equation.split("->")
+        terms = inputs.split(",")
+        if len(terms) == 2:
+            a, b = terms
+            shared = [c for c in a if c in b]
+            pure = (
+                len(set(a)) == len(a) and len(set(b)) == len(b)
+                and not any(c in output for c in shared)
+                and sorted(output) == sorted(c for c in a + b if c not in shared)
+            )
+            if pure:
+                dims = (tuple(a.index(c) for c in shared), tuple(b.index(c) for c in shared))
+                result = [c for c in a if c not in shared] + [c for c in b if c not in shared]
+                perm = tuple(result.index(c) for c in output)
+                return cls(positions, equation, dims, None if perm == tuple(range(len(perm))) else perm)
+        return cls(positions, oe.parser.convert_to_valid_einsum_chars(equation), None, None)
+
+    def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
+        if self.dims is None:
+            return torch.einsum(self.equation, *operands)
+        out = torch.tensordot(operands[0], operands[1], dims=self.dims)
+        return out if self.perm is None else out.permute(self.perm)
+
+
+def execute(steps: Sequence[Step], operands: list[torch.Tensor]) -> torch.Tensor:
+    """Run planned steps (opt_einsum's contraction-list order) on torch tensors."""
+    operands = list(operands)
+    for step in steps:
+        picked = [operands.pop(i) for i in step.positions]
+        operands.append(step(*picked))
+    return operands[0]
+
+
+def dense_size(graph: TensorGraph) -> int:
+    """Number of entries of the full tensor (product of all axis sizes)."""
+    return math.prod(graph.axis_sizes.values())
