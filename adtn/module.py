@@ -180,14 +180,15 @@ class TNModule(nn.Module):
         rest = tuple(sizes[ax] for ax in p.out_axes)
         return out.reshape(tuple(lead) + rest)
 
-    def forward(self, x: torch.Tensor | None = None, axis: str | Sequence[str] = "in", **inputs: torch.Tensor) -> torch.Tensor:
-        """``module()`` -> ``dense()``; ``module(x)`` -> ``apply(x, axis)``; ``module(name=t)`` feeds input nodes."""
-        if x is None and not inputs:
+    def forward(self, *args: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        """``module()`` -> ``dense()``; ``module(x, axis="in")`` -> ``apply``; ``module(name=t)`` feeds input nodes."""
+        if args:
+            axis = inputs.pop("axis", "in")
+            if len(args) != 1 or inputs:
+                raise AdtnError("call module(x, axis=...) with one tensor, or module(**input_nodes), not both")
+            return self.apply(args[0], axis)
+        if not inputs:
             return self.dense()
-        if x is not None:
-            if inputs:
-                raise AdtnError("pass either x (fed to an axis) or input nodes by name, not both")
-            return self.apply(x, axis)
         return self._forward_inputs(inputs)
 
     def _forward_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -74,8 +74,8 @@ class Plan:
 def signature(graph: TensorGraph, feed: Sequence[str] = (), batch: int | None = None) -> Signature:
     """Assign one opt_einsum symbol per bond and open leg.
 
-    Operands are the graph's nodes in insertion order, then one input operand per fed axis
-    (named ``_batch:<axis>``) whose legs are the axis's legs. With a ``batch`` size every
+    Operands are the graph's nodes in insertion order, then (if any axis is fed) one input
+    operand named ``_batch:<axes>`` holding the fed axes' legs in order. With a ``batch`` size every
     input operand (fed axes and ``input`` nodes) gets a leading batch symbol, kept in the output.
     The output holds the remaining axes' legs, axis by axis.
     """
@@ -103,9 +103,9 @@ def signature(graph: TensorGraph, feed: Sequence[str] = (), batch: int | None = 
             subs.append(symbol_of(key, size))
         prefix = batch_symbol if graph.node(name)["role"] == "input" else ""
         operands.append((name, prefix + "".join(subs)))
-    for axis in feed:
-        subs = "".join(symbols[leg] for leg in graph.outputs[axis])
-        operands.append((f"{BATCH}:{axis}", batch_symbol + subs))
+    if feed:
+        subs = "".join(symbols[leg] for axis in feed for leg in graph.outputs[axis])
+        operands.append((f"{BATCH}:{'+'.join(feed)}", batch_symbol + subs))
     output = batch_symbol + "".join(
         symbols[leg] for axis, legs in graph.outputs.items() if axis not in feed for leg in legs
     )

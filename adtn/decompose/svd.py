@@ -21,7 +21,7 @@ from adtn.errors import AdtnError, RankError
 Method = Literal["auto", "svd", "gram"]
 METHODS = ("auto", "svd", "gram")
 
-# Gram eigenvalues are trusted above `_SAFETY * floor`, floor = eps * sqrt(inner length) * lambda_max.
+# Gram eigenvalues are trusted above _SAFETY times their round-off (see _floor).
 _SAFETY = 100.0
 
 
@@ -101,6 +101,11 @@ def _gram(matrix: Tensor, wide: bool) -> tuple[Tensor, Tensor]:
     return lam.flip(0).clamp_min(0), vec.flip(1)
 
 
+def _floor(lam: Tensor, inner: int, dtype: torch.dtype) -> float:
+    """Typical absolute round-off of Gram eigenvalues: eps * sqrt(inner length) * lambda_max."""
+    return torch.finfo(dtype).eps * math.sqrt(inner) * float(lam[0])
+
+
 def _gram_is_safe(lam: Tensor, r: int, delta: float | None, inner: int, dtype: torch.dtype, full: bool) -> bool:
     """Can the Gram eigenvalues be trusted for this truncation?
 
@@ -109,13 +114,11 @@ def _gram_is_safe(lam: Tensor, r: int, delta: float | None, inner: int, dtype: t
     the junk directions could lose), and the rank chosen from delta is reliable when delta^2 is
     well above that error too. ``full``: keeping every direction is exact whatever the eigenvalues.
     """
-    eps = torch.finfo(dtype).eps
-    lam_max = float(lam[0])
-    if lam_max == 0.0:
+    floor = _floor(lam, inner, dtype)
+    if floor == 0.0:
         return True
-    floor = _SAFETY * eps * math.sqrt(inner) * lam_max
     k = lam.numel()
-    if delta is not None and delta * delta < _SAFETY * k * floor and r < k:
+    if delta is not None and delta * delta < _SAFETY * math.sqrt(k) * floor and r < k:
         return False
     if full and r == k:
         return True
@@ -186,9 +189,7 @@ def truncated_svd(
         r = cap if tol is None else min(cap, rank_for_tol(s, tol))
         delta = None if tol is None else tol * float(s.norm())
         real = matrix.real.dtype if matrix.is_complex() else matrix.dtype
-        eps = torch.finfo(real).eps
-        floor = _SAFETY * eps * math.sqrt(max(m, n)) * float(lam[0])
-        kept_ok = float(lam[r - 1]) >= _SAFETY * floor
+        kept_ok = float(lam[r - 1]) >= _SAFETY * _floor(lam, max(m, n), real)
         if method == "gram" or (kept_ok and _gram_is_safe(lam, r, delta, max(m, n), real, full=False)):
             v = vec[:, :r]
             w = v.mH @ matrix if wide else (matrix @ v).mT  # r x n (wide) or r x m

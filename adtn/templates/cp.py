@@ -1,0 +1,101 @@
+"""CP (CANDECOMP/PARAFAC) as a graph: one factor (n_k, R) per axis, all sharing one rank index.
+
+A rank-R CP, W[i_1..i_d] = sum_r U_1[i_1, r] ... U_d[i_d, r], needs an index shared by all d
+factors: a hyperedge. Graph bonds are pairwise, so the hyperedge is spelled with fixed copy
+(delta) tensors, delta[a, b, c] = 1 if a == b == c else 0:
+
+- d = 2 (a linear weight): no copy tensor at all; ``u_out.r -- u_in.r`` is the shared index.
+- d >= 3: a chain of d - 2 fixed 3-leg deltas ``d0, d1, ...`` (each R x R x R). ``d0`` joins
+  the first two factors and passes the index on (``d0.next -- d1.prev``); the last joins the
+  last two factors. A chain of deltas is again a delta, so this is exactly CP.
+
+Why a chain and not one d-leg superdiagonal node: the chain holds (d - 2) R^3 fixed entries
+instead of R^d (a conv kernel, d = 4, R = 64: 0.5M instead of 16.8M), and it gives the
+planner pairwise steps. Fixed nodes are buffers, not parameters, so the count stays
+R * sum_k n_k (conv: R (in + kh + kw + out), METHODS.md section 4). Delta nodes carry the
+meta flag ``delta=True`` so a planner that supports hyperedges can merge their legs instead.
+Factor ``u_<axis>`` has legs ``(i: n_k, r: R)``, the (n_k, R) layout of tensorly and
+``adtn.decompose.cp_als``; a delta's legs are named after the factor they join (``u_out``)
+or ``prev``/``next`` along the chain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from ..errors import RankError, TemplateError
+from ..graph import TensorGraph
+from .registry import register
+from .tucker import check_axes, positive_int
+
+__all__ = ["cp", "cp_params", "cp_max_rank", "delta"]
+
+
+def cp_max_rank(sizes: Mapping[str, int]) -> int:
+    """The largest useful CP rank: every tensor has rank <= prod(sizes) / max(sizes)."""
+    return math.prod(sizes.values()) // max(sizes.values())
+
+
+def _cp_spec(axes: Mapping[str, int], rank: int) -> tuple[dict[str, int], int]:
+    sizes = check_axes(axes, "cp")
+    if len(sizes) < 2:
+        raise TemplateError(f"cp: needs at least two axes to join, got {list(sizes)}")
+    rank = positive_int(rank, "cp: rank")
+    top = cp_max_rank(sizes)
+    if rank > top:
+        raise RankError(
+            f"cp: rank {rank} exceeds the largest useful rank for axes {sizes} "
+            f"(max {top} = prod(sizes) / max(sizes))"
+        )
+    return sizes, rank
+
+
+def cp_params(axes: Mapping[str, int], *, rank: int) -> int:
+    """Closed-form parameter count: R * sum_k n_k (the copy tensors are fixed, not parameters)."""
+    sizes, rank = _cp_spec(axes, rank)
+    return rank * sum(sizes.values())
+
+
+def delta(rank: int, legs: int = 3) -> torch.Tensor:
+    """The copy tensor: ``legs`` legs of size ``rank``, 1 where all indices agree, else 0."""
+    out = torch.zeros((rank,) * legs, dtype=torch.float64)
+    idx = torch.arange(rank)
+    out[(idx,) * legs] = 1.0
+    return out
+
+
+@register("cp", formula=cp_params)
+def cp(axes: Mapping[str, int], *, rank: int) -> TensorGraph:
+    """CP of rank R: factors ``u_<axis>`` (n_k, R) joined by a chain of fixed 3-leg copy tensors.
+
+    Args:
+        axes: the weight's axes, name -> size (at least two).
+        rank: R, at most prod(sizes) / max(sizes).
+
+    Returns:
+        A frozen graph with R * sum(sizes) parameters.
+    """
+    sizes, rank = _cp_spec(axes, rank)
+    names = list(sizes)
+    g = TensorGraph("cp")
+    for ax, n in sizes.items():
+        g.add_node(f"u_{ax}", {"i": n, "r": rank})
+    if len(names) == 2:
+        g.bond(f"u_{names[0]}.r", f"u_{names[1]}.r")
+    else:
+        copy = delta(rank)
+        last = len(names) - 3
+        for k in range(last + 1):
+            first = [f"u_{names[0]}", f"u_{names[1]}"] if k == 0 else ["prev", f"u_{names[k + 1]}"]
+            second = ["next"] if k < last else [f"u_{names[-1]}"]
+            legs = first + second
+            g.add_node(f"d{k}", dict.fromkeys(legs, rank), role="fixed", value=copy, delta=True)
+            for leg in legs:
+                if leg == "prev":
+                    g.bond(f"d{k - 1}.next", f"d{k}.prev")
+                elif leg != "next":
+                    g.bond(f"{leg}.r", f"d{k}.{leg}")
+    return g.set_outputs({ax: [f"u_{ax}.i"] for ax in names}).freeze()

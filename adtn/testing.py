@@ -1,0 +1,93 @@
+"""Helpers shared by the test-suite: random graphs, an independent ncon oracle, devices."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import torch
+
+from .graph import TensorGraph
+
+__all__ = ["random_graph", "ncon_dense", "devices", "rel_error"]
+
+
+def random_graph(
+    rng: random.Random, n_nodes: tuple[int, int] = (2, 8), sizes: tuple[int, int] = (1, 4), max_open: int = 6
+) -> TensorGraph:
+    """A random connected graph: a random spanning tree plus a few extra bonds (cycles,
+    multi-bonds), open legs spread over 1-3 output axes. Dense size stays small."""
+    n = rng.randint(*n_nodes)
+    g = TensorGraph(f"random{n}")
+    legs: dict[str, dict[str, int]] = {f"n{k}": {} for k in range(n)}
+    bonds: list[tuple[str, str, str, str]] = []
+
+    def new_leg(node: str, size: int) -> str:
+        name = f"l{len(legs[node])}"
+        legs[node][name] = size
+        return name
+
+    order = list(legs)
+    rng.shuffle(order)
+    for k in range(1, n):
+        u, v = order[k], order[rng.randrange(k)]
+        size = rng.randint(*sizes)
+        bonds.append((u, new_leg(u, size), v, new_leg(v, size)))
+    for _ in range(rng.randint(0, n)):
+        u, v = rng.sample(list(legs), 2)
+        size = rng.randint(*sizes)
+        bonds.append((u, new_leg(u, size), v, new_leg(v, size)))
+    open_legs = []
+    for _ in range(rng.randint(1, max_open)):
+        node = rng.choice(list(legs))
+        open_legs.append((node, new_leg(node, rng.randint(*sizes))))
+    for node, node_legs in legs.items():
+        if not node_legs:
+            open_legs.append((node, new_leg(node, rng.randint(*sizes))))
+    for node, node_legs in legs.items():
+        g.add_node(node, legs=node_legs)
+    for u, lu, v, lv in bonds:
+        g.bond((u, lu), (v, lv))
+    rng.shuffle(open_legs)
+    n_axes = rng.randint(1, min(3, len(open_legs)))
+    cuts = sorted(rng.sample(range(1, len(open_legs)), n_axes - 1)) if n_axes > 1 else []
+    parts = [open_legs[a:b] for a, b in zip([0] + cuts, cuts + [len(open_legs)])]
+    g.set_outputs({f"ax{k}": part for k, part in enumerate(parts)})
+    return g.freeze()
+
+
+def ncon_dense(graph: TensorGraph, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Contract ``graph`` with tensornetwork's ``ncon`` (numpy backend): an independent oracle."""
+    import tensornetwork as tn
+
+    labels: dict[Any, int] = {}
+    for k, bond in enumerate(graph.bonds, start=1):
+        labels[bond.a] = labels[bond.b] = k
+    out = -1
+    for legs in graph.outputs.values():
+        for leg in legs:
+            labels[leg] = out
+            out -= 1
+    arrays, networks = [], []
+    for name in graph.nodes:
+        arrays.append(tensors[name].detach().cpu().double().numpy())
+        networks.append([labels[graph.leg((name, leg))] for leg in graph.legs(name)])
+    result = tn.ncon(arrays, networks, backend="numpy")
+    shape = tuple(graph.axis_sizes.values())
+    return torch.as_tensor(result).reshape(shape)
+
+
+def devices() -> list[Any]:
+    """CPU always; CUDA as a parameter that skips when absent (use with pytest.mark.parametrize)."""
+    import pytest
+
+    cuda = pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+    )
+    return ["cpu", cuda]
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative Frobenius error ||a - b|| / ||b||."""
+    return float(torch.linalg.vector_norm(a - b) / max(float(torch.linalg.vector_norm(b)), math.ulp(1.0)))

@@ -1,0 +1,131 @@
+import pytest
+import torch
+
+import adtn
+from adtn.errors import GraphError
+from adtn.plan import choose_optimizer, clear_cache, signature
+from adtn.testing import ncon_dense, rel_error
+
+
+def long_chain(d=40, n=2, r=2):
+    """An MPS of d cores: 2*d - 1 distinct indices, well past torch.einsum's 52 letters."""
+    g = adtn.TensorGraph("mps")
+    for k in range(d):
+        legs = {"n": n}
+        if k:
+            legs["l"] = r
+        if k < d - 1:
+            legs["r"] = r
+        g.add_node(f"c{k}", legs=legs)
+    for k in range(d - 1):
+        g.bond(f"c{k}.r", f"c{k + 1}.l")
+    g.set_outputs({"x": [f"c{k}.n" for k in range(d)]})
+    return g.freeze()
+
+
+def brickwall(q=24, depth=4):
+    """A depth-``depth`` brick wall of 2x2x2x2 gates on q legs, closed by [1, 0] vectors."""
+    g = adtn.TensorGraph(f"brickwall{q}x{depth}")
+    top = {}
+    for k in range(q):
+        g.add_node(f"v{k}", legs={"s": 2}, role="fixed", value=[1.0, 0.0])
+        top[k] = f"v{k}.s"
+    n = 0
+    for layer in range(depth):
+        for start in (0, 1):
+            for k in range(start, q - 1, 2):
+                name = f"g{n}"
+                n += 1
+                g.add_node(name, legs={"i0": 2, "i1": 2, "o0": 2, "o1": 2})
+                g.bond(top[k], f"{name}.i0")
+                g.bond(top[k + 1], f"{name}.i1")
+                top[k], top[k + 1] = f"{name}.o0", f"{name}.o1"
+    g.set_outputs({"state": [top[k] for k in range(q)]})
+    return g.freeze()
+
+
+def ladder(n=30):
+    """Two chains joined by rungs: ~3n indices but a tiny dense tensor."""
+    g = adtn.TensorGraph("ladder")
+    for k in range(n):
+        for row in "ab":
+            g.add_node(f"{row}{k}", legs={"l": 2, "r": 2, "u": 2})
+        g.bond(f"a{k}.u", f"b{k}.u")
+        if k:
+            g.bond(f"a{k - 1}.r", f"a{k}.l")
+            g.bond(f"b{k - 1}.r", f"b{k}.l")
+    g.set_outputs({"left": ["a0.l", "b0.l"], "right": [f"a{n - 1}.r", f"b{n - 1}.r"]})
+    return g.freeze()
+
+
+def test_many_indices_contract_through_pairwise_steps():
+    g = ladder(30)
+    assert len(signature(g).size_dict) > 52
+    m = adtn.compile(g, dtype=torch.float64, std=1.0)
+    ref = ncon_dense(g, m.node_tensors())
+    torch.testing.assert_close(m.dense().detach(), ref, rtol=1e-10, atol=1e-10)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    torch.testing.assert_close(m.apply(x, "left"), x @ ref)
+
+
+def test_signature_symbols_and_feed():
+    g = long_chain(d=3)
+    sig = signature(g, feed=("x",), batch=5)
+    names = [n for n, _ in sig.operands]
+    assert names == ["c0", "c1", "c2", "_batch:x"]
+    assert sig.output == sig.operands[-1][1][0]  # only the batch symbol remains
+    assert sig.size_dict[sig.output] == 5
+    with pytest.raises(GraphError, match=r"cannot feed axis 'nope'"):
+        signature(g, feed=("nope",))
+
+
+def test_plans_are_cached_by_structure_and_shape():
+    clear_cache()
+    g1, g2 = long_chain(d=5), long_chain(d=5)
+    p1 = adtn.plan(g1)
+    assert adtn.plan(g2) is p1  # same structure, different objects
+    assert adtn.plan(g1, feed=("x",), batch=8) is not p1
+    assert adtn.plan(g1, feed=("x",), batch=8) is adtn.plan(g1, feed=("x",), batch=8)
+    m = adtn.compile(g1)
+    m.dense()
+    assert m.plan() is p1
+
+
+def test_unfrozen_graph_cannot_be_planned():
+    g = adtn.TensorGraph("open")
+    g.add_node("a", legs={"i": 2})
+    g.set_outputs({"x": ["a.i"]})
+    with pytest.raises(GraphError, match="must be frozen before planning"):
+        adtn.plan(g)
+
+
+def test_optimizer_choice_never_exhaustive_on_big_graphs():
+    assert choose_optimizer(4) == "optimal"
+    assert choose_optimizer(10) == "dp"
+    assert choose_optimizer(50) not in ("optimal", "dp")
+
+
+def test_brickwall_plans_fast_and_contracts_correctly():
+    g = brickwall(q=10, depth=2)
+    cost = adtn.plan(g).cost
+    assert cost.optimizer not in ("optimal", "dp")
+    m = adtn.compile(g, dtype=torch.float64)
+    # reference: apply each gate as a 4x4 map to the full state vector
+    state = torch.zeros((2,) * 10, dtype=torch.float64)
+    state[(0,) * 10] = 1.0
+    n = 0
+    for _ in range(2):
+        for start in (0, 1):
+            for k in range(start, 9, 2):
+                gate = m.params[f"g{n}"]
+                n += 1
+                state = torch.tensordot(state, gate, dims=([k, k + 1], [0, 1])).movedim((-2, -1), (k, k + 1))
+    assert rel_error(m.dense().detach(), state.reshape(-1)) < 1e-12
+
+
+def test_cotengra_optimizer_when_installed():
+    pytest.importorskip("cotengra")
+    g = brickwall(q=8, depth=2)
+    m = adtn.compile(g, dtype=torch.float64, optimize="cotengra")
+    ref = adtn.compile(g, init=dict(m.params.items()), dtype=torch.float64)
+    assert rel_error(m.dense().detach(), ref.dense().detach()) < 1e-12
