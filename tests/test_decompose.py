@@ -226,12 +226,15 @@ def test_gram_path_matches_svd(dtype):
 
 # ---------------------------------------------------------------- TR and HT specifics
 def test_tr_als_never_worse_and_ring_ranks():
-    t = randn(5, 6, 7, 4, seed=14)
+    t = randn(10, 6, 7, 4, seed=14)
     base = tr_svd(t, 3)
     better = tr_svd(t, 3, n_als=3)
     assert [c.shape for c in base] == [c.shape for c in better]
-    assert better[0].shape[0] == 3 and better[-1].shape[-1] == 3
+    assert [tuple(c.shape) for c in better] == [(3, 10, 3), (3, 6, 3), (3, 7, 3), (3, 4, 3)]
     assert rel(tr_to_tensor(better), t) <= rel(tr_to_tensor(base), t) + 1e-12
+    # r_0 * r_1 = 9 does not fit a first mode of 5: r_0 drops to floor(sqrt(5)) = 2, r_1 to 2
+    thin = tr_svd(t[:5], 3)
+    assert thin[0].shape == (2, 5, 2) and thin[-1].shape[-1] == 2
 
 
 def test_ht_ranks_per_node_and_quasi_optimal():
@@ -278,10 +281,9 @@ def test_cp_recovers_low_rank():
 def test_cp_warns_on_degenerate_fit():
     # rank 3, border rank 2: the best rank-2 approximation does not exist
     a, b = randn(4, seed=40), randn(4, seed=41)
-    outer = lambda x, y, z: torch.einsum("i,j,k->ijk", x, y, z)  # noqa: E731
-    t = outer(a, a, b) + outer(a, b, a) + outer(b, a, a)
+    t = sum(torch.einsum("i,j,k->ijk", x, y, z) for x, y, z in ((a, a, b), (a, b, a), (b, a, a)))
     with pytest.warns(RuntimeWarning, match="rank-2 fit looks degenerate"):
-        cp_als(t, 2, n_iter=3000, tol=1e-14, init="random", seed=0)
+        cp_als(t, 2, n_iter=500, tol=1e-14, init="random", seed=0)
 
 
 def test_cp_no_warning_when_fine():
@@ -318,7 +320,10 @@ BAD = [
     (lambda: tt_svd(T4, 2, tol=-1), "tol must be a finite number > 0, got -1"),
     (lambda: tt_svd(T4, 2, method="qr"), "method must be one of"),
     (lambda: truncated_svd(T4, 2), "matrix must be 2-D"),
-    (lambda: tt_matrix_svd(randn(12, 20), (3, 5), (4, 5), 2), r"out_modes \(3, 5\) multiply to 15, but the matrix has 12 rows"),
+    (
+        lambda: tt_matrix_svd(randn(12, 20), (3, 5), (4, 5), 2),
+        r"out_modes \(3, 5\) multiply to 15, but the matrix has 12 rows",
+    ),
     (lambda: tr_svd(T4, [2, 2, 2]), "ranks must have 4"),
     (lambda: tr_svd(T4, [2, 2, 2, 2, 3]), "r_d == r_0"),
     (lambda: ht_svd(T4, {(0, 2): 2}), r"nodes \[\(0, 2\)\] that are not in the dimension tree"),
@@ -326,7 +331,10 @@ BAD = [
     (lambda: hosvd(T4, (2, 2), modes=(0, 0)), "modes must not repeat"),
     (lambda: hosvd(T4, (2, 2, 2)), "one entry per decomposed mode"),
     (lambda: cp_als(T4, 0), "rank must be >= 1, got 0"),
-    (lambda: kronecker_svd(T4, (2, 5, 3, 1), (2, 1, 3, 3), 2), r"a_shape\[2\] \* b_shape\[2\] must equal tensor.shape\[2\], got 3 \* 3 = 9 != 6"),
+    (
+        lambda: kronecker_svd(T4, (2, 5, 3, 1), (2, 1, 3, 3), 2),
+        r"a_shape\[2\] \* b_shape\[2\] must equal tensor.shape\[2\], got 3 \* 3 = 9 != 6",
+    ),
     (lambda: kronecker_svd(T4, (2, 5), (2, 1), 2), "one size per tensor mode"),
     (lambda: tt_to_tensor([randn(2, 3, 2), randn(2, 3, 2)]), "boundary ranks must be 1"),
     (lambda: tt_to_tensor([randn(1, 3, 2), randn(3, 3, 1)]), "sizes must match, got 2 and 3"),
@@ -344,3 +352,11 @@ def test_rank_errors_are_rank_errors():
         hosvd(T4, 0)
     with pytest.raises(RankError):
         rank_for_tol(torch.ones(3), 0)
+
+
+def test_complex_exact_full_rank():
+    t = torch.complex(randn(4, 5, 6, seed=70), randn(4, 5, 6, seed=71))
+    assert rel(tt_to_tensor(tt_svd(t, method="gram")), t) < 1e-10
+    assert rel(ht_to_tensor(ht_svd(t, 100)), t) < 1e-10
+    core, factors = hosvd(t, 100)
+    assert rel(tucker_to_tensor(core, factors), t) < 1e-10

@@ -63,7 +63,9 @@ def _node_ranks(ranks: int | dict[Node, int], tree: dict[Node, tuple[Node, Node]
     if isinstance(ranks, dict):
         unknown = [k for k in ranks if tuple(k) not in nodes]
         if unknown:
-            raise RankError(f"ht_svd: ranks has nodes {unknown} that are not in the dimension tree; valid: {sorted(nodes)}")
+            raise RankError(
+                f"ht_svd: ranks has nodes {unknown} that are not in the dimension tree; valid: {sorted(nodes)}"
+            )
         return {n: (check_rank(ranks[n], "ht_svd", f"ranks[{n}]") if n in ranks else None) for n in nodes}
     r = check_rank(ranks, "ht_svd", "ranks")
     return {n: r for n in nodes}

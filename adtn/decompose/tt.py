@@ -2,7 +2,8 @@
 
 Core layouts: TT core k is (r_{k-1}, n_k, r_k) with r_0 = r_d = 1; TT-matrix core k is
 (r_{k-1}, out_k, in_k, r_k). Cores 0..d-2 come out left-orthonormal (core.reshape(-1, r_k) has
-orthonormal columns) and the last core carries the norm.
+orthonormal columns) and the last core carries the norm. Where a rank cap keeps every row of an
+unfolding (r_{k-1} n_k <= cap), that core is the identity rather than singular vectors.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ def tt_svd(
     r_prev = 1
     for k in range(d - 1):
         mat = rest.reshape(r_prev * shape[k], -1)
-        u, rest, _ = left_factor(mat, caps[k], delta, method)
+        if delta is None and mat.shape[0] <= min(mat.shape[1], caps[k] or mat.shape[0]):
+            # every row is kept: U = I is an exact, orthonormal factor and costs nothing
+            u, rest = torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device), mat
+        else:
+            u, rest, _ = left_factor(mat, caps[k], delta, method)
         r = u.shape[1]
         cores.append(u.reshape(r_prev, shape[k], r))
         r_prev = r

@@ -87,9 +87,7 @@ def hosvd(
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
         raise AdtnError(f"{where}: n_iter must be an integer >= 0, got {n_iter!r}")
     modes, ranks = _modes_and_ranks(tuple(t.shape), ranks, modes, where)
-    factors = [
-        left_factor(_unfold(t, m), r, None, method, need_rest=False)[0] for m, r in zip(modes, ranks)
-    ]
+    factors = [left_factor(_unfold(t, m), r, None, method, need_rest=False)[0] for m, r in zip(modes, ranks)]
     for _ in range(n_iter):
         for i, (m, r) in enumerate(zip(modes, ranks)):
             y = _project(t, factors, modes, skip=i)

@@ -3,3 +3,5 @@
 from .registry import TEMPLATES, Template, get, names, register
 
 __all__ = ["TEMPLATES", "Template", "get", "names", "register"]
+
+from . import cp, ht, kronecker, semi, semi_tucker, tt, tucker  # noqa: E402,F401  (registers the templates)

@@ -26,12 +26,13 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import RankError, TemplateError
+from ..errors import TemplateError
 from ..graph import TensorGraph
+from .factor import check_rank
 from .registry import register
 from .tucker import check_axes, positive_int
 
-__all__ = ["cp", "cp_params", "cp_max_rank", "delta"]
+__all__ = ["cp", "cp_max_rank", "cp_params", "delta"]
 
 
 def cp_max_rank(sizes: Mapping[str, int]) -> int:
@@ -44,12 +45,9 @@ def _cp_spec(axes: Mapping[str, int], rank: int) -> tuple[dict[str, int], int]:
     if len(sizes) < 2:
         raise TemplateError(f"cp: needs at least two axes to join, got {list(sizes)}")
     rank = positive_int(rank, "cp: rank")
-    top = cp_max_rank(sizes)
-    if rank > top:
-        raise RankError(
-            f"cp: rank {rank} exceeds the largest useful rank for axes {sizes} "
-            f"(max {top} = prod(sizes) / max(sizes))"
-        )
+    shared = " = ".join(f"u_{ax}.r" for ax in sizes)
+    check_rank(shared, rank, cp_max_rank(sizes), f"every tensor of shape {tuple(sizes.values())} has CP rank "
+               "<= prod(sizes) / max(sizes)")
     return sizes, rank
 
 

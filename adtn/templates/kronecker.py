@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..errors import RankError, ShapeError, TemplateError
+from ..errors import ShapeError, TemplateError
 from ..graph import TensorGraph
+from .factor import check_rank
 from .registry import register
 from .tucker import check_axes, per_axis, positive_int
 
-__all__ = ["kronecker", "kronecker_params", "default_factors"]
+__all__ = ["default_factors", "kronecker", "kronecker_params"]
 
 Shape = Sequence[int] | Mapping[str, int]
 CONV_AXES = ("out", "in", "kh", "kw")
@@ -85,11 +86,7 @@ def _kron_spec(
             )
     rank = positive_int(rank, "kronecker: rank")
     pa, pb = math.prod(a.values()), math.prod(b.values())
-    if rank > min(pa, pb):
-        raise RankError(
-            f"kronecker: rank {rank} exceeds min(prod a, prod b) = min({pa}, {pb}) (max {min(pa, pb)}); "
-            "a larger sum of Kronecker products is no more expressive"
-        )
+    check_rank("a.r -- b.r", rank, min(pa, pb), f"min(prod a, prod b) = min({pa}, {pb})")
     return sizes, a, b, rank
 
 

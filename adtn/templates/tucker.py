@@ -20,13 +20,15 @@ The small argument checkers below (``check_axes``, ``select_axes``, ``per_axis``
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 from ..errors import AdtnError, RankError, ShapeError, TemplateError
 from ..graph import TensorGraph
+from .factor import check_rank
 from .registry import register
 
-__all__ = ["tucker", "tucker_params", "tucker2", "tucker2_params"]
+__all__ = ["tucker", "tucker2", "tucker2_params", "tucker_params"]
 
 Rank = int | Sequence[int] | Mapping[str, int]
 
@@ -41,17 +43,15 @@ def check_axes(axes: Mapping[str, int], where: str) -> dict[str, int]:
     for name, size in axes.items():
         if not isinstance(name, str) or not name:
             raise ShapeError(f"{where}: axis names must be non-empty strings, got {name!r}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ShapeError(f"{where}: axis {name!r} must have a positive integer size, got {size!r}")
-        out[name] = size
+        out[name] = positive_int(size, f"{where}: axis {name!r} size", ShapeError)
     return out
 
 
 def positive_int(value: object, where: str, error: type[AdtnError] = RankError) -> int:
-    """``value`` as a positive int, else ``error`` naming ``where``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` (any integral type) as a positive int, else ``error`` naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise error(f"{where} must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def select_axes(chosen: Sequence[str] | str | None, names: Sequence[str], where: str) -> list[str]:
@@ -91,16 +91,15 @@ def tucker_ranks(
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Checked (sizes, ranks of the compressed axes); a rank may not exceed its axis size."""
     sizes = check_axes(axes, where)
-    if compress is None and isinstance(rank, Mapping):
+    by_rank = compress is None and isinstance(rank, Mapping)
+    if by_rank:
         compress = list(rank)
-    chosen = select_axes(compress, list(sizes), f"{where}: compress")
+    chosen = select_axes(compress, list(sizes), f"{where}: {'rank' if by_rank else 'compress'}")
     raw = per_axis(rank, chosen, f"{where}: rank")
     ranks = {}
     for ax, r in raw.items():
-        r = positive_int(r, f"{where}: rank for axis {ax!r}")
-        if r > sizes[ax]:
-            raise RankError(f"{where}: rank {r} for axis {ax!r} exceeds its size (max {sizes[ax]})")
-        ranks[ax] = r
+        ranks[ax] = positive_int(r, f"{where}: rank for axis {ax!r}")
+        check_rank(f"core.r_{ax} -- u_{ax}.r", ranks[ax], sizes[ax], f"size of axis {ax!r}")
     return sizes, ranks
 
 

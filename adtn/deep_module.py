@@ -1,0 +1,250 @@
+"""DeepTNModule: a compiled DeepTN, decoding the weight layer by layer through the planner.
+
+Every operator graph is planned by ``adtn.plan`` (once per shape) and executed by
+``adtn.plan.execute``: operator 0 contracts the boundary state into the first 2^Q state (at
+depth 1, the weight itself), operator m >= 1 takes the activated state as the input of its
+``prev`` axis. The 2^Q x 2^Q layer matrices are never formed; the planner picks the order in
+which gates meet the state. The global scale multiplies one gate of the last operator (the
+network is linear in it), so it costs no pass over the state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from .deep import PREV, DeepTN
+from .errors import AdtnError, GraphError, ShapeError
+from .initializers import fixed_tensor, identity_like
+from .module import _Buffers
+from .plan import Cost, Plan, execute, plan
+
+__all__ = ["DeepTNModule", "GateInit"]
+
+GateInit = Union[str, Mapping[str, torch.Tensor], Callable[[str, tuple[int, ...]], torch.Tensor]]
+
+
+class DeepTNModule(nn.Module):
+    """A deep ADTN as an ``nn.Module``: ``dense()``, ``apply(x, axis)``, ``cost()``.
+
+    Args:
+        deep: the structure (``adtn.templates.adtn.build``).
+        init: ``"identity"`` (identity + N(0, ``noise``) per gate; a boundary gate keeps the
+            ``[:, :, 0, 0]`` slice), a dict gate name -> tensor, or a callable ``(name, shape)``.
+        noise: std of the noise added to the identity gates.
+        checkpoint: recompute each layer m >= 1 in backward instead of keeping its states.
+        optimize, memory_limit: passed to ``adtn.plan`` for every operator.
+    """
+
+    def __init__(
+        self,
+        deep: DeepTN,
+        init: GateInit = "identity",
+        *,
+        noise: float = 0.5,
+        dtype: torch.dtype | None = None,
+        device: Any = None,
+        seed: int | None = None,
+        checkpoint: bool = False,
+        optimize: str | Any = "auto",
+        memory_limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(deep, DeepTN):
+            raise AdtnError(f"DeepTNModule needs a DeepTN (adtn.templates.adtn.build), got {type(deep).__name__}")
+        dtype = dtype or torch.get_default_dtype()
+        self.deep = deep
+        self.checkpoint = checkpoint
+        self.optimize = optimize
+        self.memory_limit = memory_limit
+        gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        self.gates = nn.ParameterDict(
+            {name: nn.Parameter(t.to(device)) for name, t in _initial_gates(deep, init, noise, dtype, gen).items()}
+        )
+        fixed = {n: fixed_tensor(op, n, dtype, device) for op in deep.operators for n in op.nodes_with_role("fixed")}
+        self.fixed = _Buffers(fixed)
+        self._roles = [[(n, op.node(n)["role"]) for n in op.nodes] for op in deep.operators]
+        self._scaled = deep.operators[-1].nodes_with_role("param")[0]  # the gate that carries the scale
+        self._plans: dict[tuple, Plan] = {}
+        self.gain = nn.Parameter(torch.ones((), dtype=dtype, device=device)) if deep.learn_scale else None
+        self.register_buffer("scale", torch.ones((), dtype=dtype, device=device))
+        self.scale.fill_(deep.scale if deep.scale is not None else self._fan_in_scale())
+
+    def _fan_in_scale(self) -> float:
+        """1 / (sqrt(fan_in) * std of the unscaled decoded weight): the weight's std at init is 1/sqrt(fan_in)."""
+        with torch.no_grad():
+            raw = self._decode(torch.ones((), dtype=self.scale.dtype, device=self.scale.device))
+            std = float(raw.std()) if raw.numel() > 1 else float(raw.abs().sum())
+        if not math.isfinite(std):
+            raise AdtnError(f"adtn: the decoded weight at init is not finite (depth {self.deep.depth}, Q {self.deep.q}); "
+                            "lower the init noise or pass scale=")
+        return (1.0 if std == 0.0 else 1.0 / std) / math.sqrt(self.deep.fan_in)
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, layer: int, feed: Sequence[str] = (), batch: int | None = None) -> Plan:
+        """The (cached) plan of operator ``layer`` with inputs on ``feed`` axes."""
+        key = (layer, tuple(feed), batch)
+        hit = self._plans.get(key)
+        if hit is None:
+            hit = self._plans[key] = plan(self.deep.operators[layer], feed, batch, self.optimize, self.memory_limit)
+        return hit
+
+    def cost(self, batch: int | None = None, axis: str | Sequence[str] | None = None) -> Cost:
+        """FLOPs, largest intermediate and parameters of ``dense()`` or of ``apply`` on ``axis``."""
+        feed = _axes(axis)
+        if feed and self._streams(feed):
+            p = self.plan(0, feed, batch or 1)
+            return Cost(p.cost.flops, p.cost.largest_intermediate, self.deep.num_params, p.cost.path, p.cost.optimizer)
+        plans = [self.plan(m, (PREV,) if m else (), 1 if m else None) for m in range(self.deep.depth)]
+        n = 2**self.deep.q
+        flops = sum(p.cost.flops for p in plans) + n * (self.deep.depth - 1)
+        largest = max(p.cost.largest_intermediate for p in plans)
+        if feed:
+            rows = math.prod(self.deep.axes[ax] for ax in feed)
+            flops += 2 * (batch or 1) * self.deep.size
+            largest = max(largest, (batch or 1) * (self.deep.size // rows))
+        return Cost(int(flops), int(largest), self.deep.num_params, (), f"deep:{self.deep.depth} layers")
+
+    # ------------------------------------------------------------------ contraction
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.scale.device
+
+    def effective_scale(self) -> torch.Tensor:
+        """The global scale: the fixed buffer, times the learnt gain with ``learn_scale``."""
+        return self.scale if self.gain is None else self.scale * self.gain
+
+    def _operands(self, layer: int, scale: torch.Tensor | None) -> list[torch.Tensor]:
+        ops = []
+        for name, role in self._roles[layer]:
+            if role == "param":
+                t = self.gates[name]
+                ops.append(t * scale if scale is not None and name == self._scaled else t)
+            elif role == "fixed":
+                ops.append(self.fixed[name])
+        return ops
+
+    def _activate(self, state: torch.Tensor) -> torch.Tensor:
+        if self.deep.activation == "relu":
+            return F.relu(state)
+        if self.deep.activation == "leaky_relu":
+            return F.leaky_relu(state, self.deep.negative_slope)
+        return state
+
+    def _layer(self, layer: int, state: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """Activation, then operator ``layer`` >= 1 on the flat state; returns the flat new state."""
+        q = self.deep.q
+        state = self._activate(state).reshape((1,) + (2,) * q)
+        out = execute(self.plan(layer, (PREV,), 1).steps, self._operands(layer, scale) + [state])
+        return out.reshape(-1)
+
+    def _decode(self, scale: torch.Tensor) -> torch.Tensor:
+        """The 2^Q decoded entries (flat), the last operator's gate multiplied by ``scale``."""
+        depth = self.deep.depth
+        state = execute(self.plan(0).steps, self._operands(0, scale if depth == 1 else None)).reshape(-1)
+        for m in range(1, depth):
+            s = scale if m == depth - 1 else None
+            if self.checkpoint and torch.is_grad_enabled():
+                state = _checkpoint(self._layer, m, state, s, use_reentrant=False)
+            else:
+                state = self._layer(m, state, s)
+        return state
+
+    def dense(self) -> torch.Tensor:
+        """The weight, shaped like the axes: the first prod(axes) decoded entries, times the scale."""
+        flat = self._decode(self.effective_scale())
+        if flat.numel() != self.deep.size:
+            flat = flat[: self.deep.size]
+        return flat.reshape(tuple(self.deep.axes.values()))
+
+    def _streams(self, feed: Sequence[str]) -> bool:
+        """True when ``apply`` can stream the input through the gates (depth 1, axes split into legs)."""
+        outputs = self.deep.operators[0].outputs
+        return self.deep.depth == 1 and self.deep.exact and all(ax in outputs for ax in feed)
+
+    def apply(self, x: torch.Tensor, axis: str | Sequence[str] = "in") -> torch.Tensor:
+        """Contract ``x`` (..., size of ``axis``) with the weight: (..., remaining axes).
+
+        At depth 1 (axes powers of two) the planner streams ``x`` through the gates without
+        forming the weight; otherwise the weight is decoded and contracted once.
+        """
+        feed = _axes(axis)
+        sizes = self.deep.axes
+        for ax in feed:
+            if ax not in sizes:
+                raise GraphError(f"apply: the weight has no axis {ax!r}; axes: {list(sizes)}")
+        want = tuple(sizes[ax] for ax in feed)
+        if x.dim() < len(feed) or tuple(x.shape[x.dim() - len(feed):]) != want:
+            names = ", ".join(f"{ax}={sizes[ax]}" for ax in feed)
+            raise ShapeError(f"apply: input of shape {tuple(x.shape)} must end with the sizes of axis ({names}), "
+                             f"i.e. {want}")
+        if x.dtype != self.dtype:
+            raise AdtnError(f"apply: dtype {x.dtype} does not match the module's {self.dtype}; cast one of them")
+        lead = tuple(x.shape[: x.dim() - len(feed)])
+        rest = tuple(n for ax, n in sizes.items() if ax not in feed)
+        if self._streams(feed):
+            op = self.deep.operators[0]
+            batch = math.prod(lead)
+            legs = tuple(s for ax in feed for s in op.axis_shape(ax))
+            p = self.plan(0, feed, batch)
+            out = execute(p.steps, self._operands(0, self.effective_scale()) + [x.reshape((batch,) + legs)])
+            return out.reshape(lead + rest)
+        w = self.dense()
+        dims = [list(sizes).index(ax) for ax in feed]
+        return torch.tensordot(x, w, dims=(list(range(len(lead), x.dim())), dims)).reshape(lead + rest)
+
+    def forward(self, x: torch.Tensor | None = None, axis: str | Sequence[str] = "in") -> torch.Tensor:
+        """``module()`` -> ``dense()``; ``module(x, axis="in")`` -> ``apply``."""
+        return self.dense() if x is None else self.apply(x, axis)
+
+    def extra_repr(self) -> str:
+        d = self.deep
+        axes = ", ".join(f"{ax}={n}" for ax, n in d.axes.items())
+        act = d.activation if d.activation is not None else "linear"
+        scale = "learnt gain" if d.learn_scale else "fixed"
+        return (f"axes=({axes}), q={d.q}, depth={d.depth}, activation={act}, params={d.num_params:,}, "
+                f"scale={scale}{', checkpoint=True' if self.checkpoint else ''}")
+
+
+def _initial_gates(
+    deep: DeepTN, init: GateInit, noise: float, dtype: torch.dtype, gen: torch.Generator | None
+) -> dict[str, torch.Tensor]:
+    """One tensor per gate node: identity + noise (boundary gates: its [:, :, 0, 0] slice), or given."""
+    out: dict[str, torch.Tensor] = {}
+    names = [n for _, n in deep.gates()]
+    if isinstance(init, Mapping):
+        unknown = sorted(set(init) - set(names))
+        missing = [n for n in names if n not in init]
+        if unknown or missing:
+            raise AdtnError(f"adtn init: unknown gates {unknown[:4]}, missing gates {missing[:4]}; "
+                            f"gates are named like {names[:3]}")
+    elif not callable(init) and init != "identity":
+        raise AdtnError(f"adtn init: must be 'identity', a dict gate -> tensor or a callable (name, shape), got {init!r}")
+    for m, name in deep.gates():
+        shape = deep.operators[m].shape(name)
+        if isinstance(init, Mapping) or callable(init):
+            t = torch.as_tensor(init[name] if isinstance(init, Mapping) else init(name, shape))
+            if tuple(t.shape) != shape:
+                raise ShapeError(f"adtn init for gate {name!r}: expected shape {shape}, got {tuple(t.shape)}")
+            out[name] = t.detach().to(dtype).clone()
+            continue
+        full = identity_like((2, 2, 2, 2), torch.float64) + noise * torch.randn(2, 2, 2, 2, dtype=torch.float64,
+                                                                               generator=gen)
+        out[name] = (full if len(shape) == 4 else full[:, :, 0, 0]).to(dtype).contiguous()
+    return out
+
+
+def _axes(axis: str | Sequence[str] | None) -> tuple[str, ...]:
+    if axis is None:
+        return ()
+    return (axis,) if isinstance(axis, str) else tuple(axis)

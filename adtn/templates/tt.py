@@ -1,0 +1,231 @@
+"""Tensor train (TT-matrix / MPO) and tensor ring templates for linear and conv weights.
+
+Linear weight ``{"out": O, "in": I}`` with modes O = o_0 ... o_{d-1}, I = i_0 ... i_{d-1}:
+core k has legs ``(l: r_{k-1}, o: o_k, i: i_k, r: r_k)`` (Novikov et al. 2015). In ``tt``
+the first core has no ``l`` and the last no ``r`` (boundary ranks 1 are left out, so the
+parameter count is exact); in ``tr`` every core has both and ``core{d-1}.r`` bonds to
+``core0.l`` (Wang et al. 2018). The axis ``out`` fuses ``core0.o, core1.o, ...`` row-major,
+``in`` fuses ``core0.i, ...``: the standard TT-matrix reshape.
+
+Conv weight ``{"out", "in", "kh", "kw"}`` (Garipov et al. 2016): a spatial core
+``spatial`` with legs ``(kh, kw, r)`` comes first, then the channel cores ``core0...`` as
+above (``(l, o: cout_k, i: cin_k, r)``); in ``tr`` the spatial core gets an ``l`` too and
+closes the ring.
+
+Ranks: an int (every bond) or one per bond, in chain order ``spatial -- core0 -- core1 ...``
+(for ``tr`` the last one is the closing bond). A rank larger than useful raises RankError
+naming the bond and the maximum; ``clip=True`` lowers it to that maximum instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import TemplateError
+from ..graph import TensorGraph
+from .factor import Bound, enforce_ranks, ranks_list, resolve_modes, weight_axes
+from .registry import register
+
+__all__ = [
+    "Chain",
+    "Site",
+    "bond_names",
+    "build_tr",
+    "build_tt",
+    "chain_bounds",
+    "chain_sites",
+    "outputs_of",
+    "tr_params",
+    "tt_params",
+]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One core of a chain: its node name, open legs (name -> size, in order) and the output
+    axis of each open leg."""
+
+    node: str
+    legs: dict[str, int]
+    axes: dict[str, str]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.legs.values())
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A chain (or ring) of sites: ``left[k]``/``right[k]`` are the sizes of site k's ``l``/``r``
+    legs (None: no such leg); site k's ``r`` bonds to site k+1's ``l`` (and the last to the
+    first in a ring). ``outputs`` lists each axis's legs in fusing order."""
+
+    sites: tuple[Site, ...]
+    left: tuple[int | None, ...]
+    right: tuple[int | None, ...]
+    ring: bool
+    outputs: dict[str, list[str]]
+
+    @property
+    def num_params(self) -> int:
+        return sum((lf or 1) * s.size * (rt or 1) for s, lf, rt in zip(self.sites, self.left, self.right))
+
+    def graph(self, name: str) -> TensorGraph:
+        g = TensorGraph(name)
+        for site, lf, rt in zip(self.sites, self.left, self.right):
+            legs = ({"l": lf} if lf is not None else {}) | site.legs | ({"r": rt} if rt is not None else {})
+            g.add_node(site.node, legs=legs)
+        n = len(self.sites)
+        for k in range(n if self.ring else n - 1):
+            g.bond((self.sites[k].node, "r"), (self.sites[(k + 1) % n].node, "l"))
+        g.set_outputs(self.outputs)
+        return g.freeze()
+
+
+def chain_sites(
+    axes: Mapping[str, int],
+    modes: Any = None,
+    d: int | None = None,
+    where: str = "tt",
+) -> list[Site]:
+    """The sites of a TT-matrix chain: ``spatial`` (conv only), then ``core0 ... core{d-1}``
+    with open legs ``o`` (on the out axis) and ``i`` (on the in axis)."""
+    out, inn, spatial = weight_axes(axes, where)
+    m = resolve_modes(axes, modes, d, where)
+    sites = []
+    if spatial:
+        sites.append(Site("spatial", {ax: axes[ax] for ax in spatial}, {ax: ax for ax in spatial}))
+    for k, (o, i) in enumerate(zip(m[out], m[inn])):
+        sites.append(Site(f"core{k}", {"o": o, "i": i}, {"o": out, "i": inn}))
+    return sites
+
+
+def outputs_of(axes: Mapping[str, int], sites: Sequence[Site]) -> dict[str, list[str]]:
+    """Each axis's open legs, in site order."""
+    result: dict[str, list[str]] = {ax: [] for ax in axes}
+    for site in sites:
+        for leg, ax in site.axes.items():
+            result[ax].append(f"{site.node}.{leg}")
+    return result
+
+
+def bond_names(sites: Sequence[Site], ring: bool) -> list[str]:
+    n = len(sites)
+    return [f"{sites[k].node}.r -- {sites[(k + 1) % n].node}.l" for k in range(n if ring else n - 1)]
+
+
+def chain_bounds(sizes: Sequence[int], nodes: Sequence[str], ring: bool):
+    """Per bond, the largest useful ranks as (max, why) pairs, given the current ranks.
+
+    A chain bond can carry at most the product of the modes on either side; any bond at most
+    its neighbour core's other rank times that core's modes (else the core is rank deficient).
+    """
+    n = len(sizes)
+
+    def bounds(ranks: list[int]) -> list[list[Bound]]:
+        out = []
+        for k in range(len(ranks)):
+            a, b = k, (k + 1) % n
+            limits: list[Bound] = []
+            if not ring:
+                limits.append((math.prod(sizes[: k + 1]), "product of the modes left of the bond"))
+                limits.append((math.prod(sizes[k + 1 :]), "product of the modes right of the bond"))
+            if ring or a > 0:
+                limits.append((ranks[k - 1] * sizes[a], f"rank of {nodes[a]}.l times the modes of {nodes[a]}"))
+            if ring or b < n - 1:
+                limits.append((sizes[b] * ranks[(k + 1) % len(ranks)], f"modes of {nodes[b]} times the rank of {nodes[b]}.r"))
+            out.append(limits)
+        return out
+
+    return bounds
+
+
+def _chain(axes, rank, modes, d, clip, ring: bool, where: str, options: dict) -> Chain:
+    if options:
+        raise TemplateError(f"{where}: unknown options {sorted(options)}; valid: rank, modes, d, clip")
+    sites = chain_sites(axes, modes, d, where)
+    n = len(sites)
+    if ring and n < 2:
+        raise TemplateError(
+            f"{where}: a ring needs at least 2 cores, got {n} (modes of length 1); "
+            "a 1-core ring would be a self-trace: use more modes or 'tt'"
+        )
+    names = bond_names(sites, ring)
+    ranks = ranks_list(rank, len(names), where)
+    ranks = enforce_ranks(names, ranks, chain_bounds([s.size for s in sites], [s.node for s in sites], ring), clip)
+    if ring:
+        left = tuple(ranks[k - 1] for k in range(n))
+        right = tuple(ranks)
+    else:
+        left = (None,) + tuple(ranks)
+        right = tuple(ranks) + (None,)
+    return Chain(tuple(sites), left, right, ring, outputs_of(axes, sites))
+
+
+def tt_params(
+    axes: Mapping[str, int],
+    *,
+    rank: int | Sequence[int],
+    modes: Any = None,
+    d: int | None = None,
+    clip: bool = False,
+    **options: Any,
+) -> int:
+    """Parameters of ``build_tt``: sum over cores of r_{k-1} * (modes of core k) * r_k, r_0 = r_d = 1."""
+    return _chain(axes, rank, modes, d, clip, False, "tt", options).num_params
+
+
+def tr_params(
+    axes: Mapping[str, int],
+    *,
+    rank: int | Sequence[int],
+    modes: Any = None,
+    d: int | None = None,
+    clip: bool = False,
+    **options: Any,
+) -> int:
+    """Parameters of ``build_tr``: sum over cores of r_{k-1} * (modes of core k) * r_k, r_0 = r_d."""
+    return _chain(axes, rank, modes, d, clip, True, "tr", options).num_params
+
+
+@register("tt", formula=tt_params)
+def build_tt(
+    axes: Mapping[str, int],
+    *,
+    rank: int | Sequence[int],
+    modes: Any = None,
+    d: int | None = None,
+    clip: bool = False,
+    **options: Any,
+) -> TensorGraph:
+    """Tensor train: a TT-matrix (linear) or spatial core + TT-matrix (conv) chain.
+
+    Args:
+        axes: ``{"out": O, "in": I}`` or ``{"out": O, "in": C, "kh": kh, "kw": kw}``.
+        rank: one rank for every bond, or one per bond (d - 1 linear, d conv).
+        modes: ``(out_modes, in_modes)`` of equal length; balanced (``factorize``) when None.
+        d: number of channel cores when ``modes`` is None (default: modes of about 8).
+        clip: lower ranks larger than useful to the maximum instead of raising RankError.
+    """
+    return _chain(axes, rank, modes, d, clip, False, "tt", options).graph("tt")
+
+
+@register("tr", formula=tr_params)
+def build_tr(
+    axes: Mapping[str, int],
+    *,
+    rank: int | Sequence[int],
+    modes: Any = None,
+    d: int | None = None,
+    clip: bool = False,
+    **options: Any,
+) -> TensorGraph:
+    """Tensor ring: the TT chain closed by a bond from the last core to the first.
+
+    Same arguments as ``build_tt``; one rank per bond is d (linear) or d + 1 (conv) ranks,
+    the last being the closing bond. A linear ring needs d >= 2 cores.
+    """
+    return _chain(axes, rank, modes, d, clip, True, "tr", options).graph("tr")
