@@ -21,10 +21,13 @@ import networkx as nx
 
 from .errors import FrozenGraphError, GraphError, SchemaError, ShapeError
 
-__all__ = ["TensorGraph", "Leg", "Bond", "ROLES", "SCHEMA"]
+__all__ = ["TensorGraph", "Leg", "Bond", "ROLES", "SCHEMA", "SYMBOLIC_VALUES"]
 
 SCHEMA = "adtn.graph/1"
 ROLES = ("param", "fixed", "input")
+# Symbolic fixed values: "delta" is the copy tensor (1 where all indices agree). The
+# planner never materialises it: its legs become one shared (hyper)index.
+SYMBOLIC_VALUES = ("delta",)
 Role = Literal["param", "fixed", "input"]
 LegRef = "str | tuple[str, str]"
 
@@ -129,14 +132,20 @@ class TensorGraph:
             checked[leg] = _check_size(f"{name}.{leg}", size)
         shape = tuple(checked.values())
         stored = None
-        if role == "fixed":
+        if role == "fixed" and isinstance(value, str):
+            if value not in SYMBOLIC_VALUES:
+                raise GraphError(f"fixed node {name!r}: symbolic value must be one of {SYMBOLIC_VALUES}, got {value!r}")
+            if len(set(shape)) != 1:
+                raise ShapeError(f"fixed node {name!r}: a 'delta' (copy) tensor needs legs of one size, got {checked}")
+            stored = value
+        elif role == "fixed":
             if value is None:
                 raise GraphError(f"fixed node {name!r} needs a value of shape {shape}, got none")
             stored = _to_nested_list(value)
             got = _nested_shape(stored)
             if got != shape:
                 raise ShapeError(f"fixed node {name!r}: value must have shape {shape} (legs {list(checked)}), got {got}")
-            if any(not math.isfinite(x) for x in _flatten(stored)):
+            if not all(math.isfinite(x) for x in _flatten(stored)):
                 raise ShapeError(f"fixed node {name!r}: value contains NaN or inf")
         elif value is not None:
             raise GraphError(f"node {name!r}: only fixed nodes take a value, this one is {role!r}")
@@ -197,6 +206,12 @@ class TensorGraph:
                         f"open leg {ref} (size {leg_sizes[leg]}) is in no output axis; "
                         f"bond it or name it in set_outputs (axes: {sorted(self._outputs)})"
                     )
+        for name in self.delta_nodes():
+            open_legs = [leg for leg in self.legs(name) if Leg(name, leg) not in self._bonded]
+            if len(open_legs) > 1:
+                raise GraphError(
+                    f"delta node {name!r} has {len(open_legs)} open legs {open_legs}; a copy tensor may have at most one"
+                )
         self._g.graph["outputs"] = {ax: [str(leg) for leg in legs] for ax, legs in self._outputs.items()}
         nx.freeze(self._g)
         self._frozen = True
@@ -224,6 +239,10 @@ class TensorGraph:
 
     def nodes_with_role(self, role: Role) -> list[str]:
         return [n for n, r in self._g.nodes(data="role") if r == role]
+
+    def delta_nodes(self) -> list[str]:
+        """Fixed nodes whose value is the symbolic copy tensor ``"delta"`` (hyperedges)."""
+        return [n for n, v in self._g.nodes(data="value") if v == "delta"]
 
     def legs(self, node: str) -> dict[str, int]:
         return dict(self.node(node)["legs"])
@@ -301,7 +320,8 @@ class TensorGraph:
         if not values:
             data.pop("name", None)
             for node in data["graph"]["nodes"]:
-                node.pop("value", None)
+                if not isinstance(node.get("value"), str):
+                    node.pop("value", None)
                 node.pop("init", None)
         return data
 

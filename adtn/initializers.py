@@ -30,18 +30,31 @@ def identity_like(shape: tuple[int, ...], dtype: torch.dtype, device: Any = None
     return torch.eye(rows, cols, dtype=dtype, device=device).reshape(shape)
 
 
-def _bond_std(graph: TensorGraph, node: str) -> float:
-    var = 1.0
-    for leg in graph.legs(node):
-        if graph.partner((node, leg)) is not None:
-            var *= graph.leg_size((node, leg)) ** -0.5
-    return math.sqrt(var)
+def _index_std(graph: TensorGraph) -> dict[str, float]:
+    """Per-node std that keeps the contracted entries at unit variance: an index of size r
+    summed over and shared by m operands gives each of them a variance factor r**(-1/m)
+    (m = 2 for a plain bond; more for a delta hyperedge)."""
+    from .plan import signature
+
+    sig = signature(graph)
+    counts: dict[str, int] = {}
+    for _, subs in sig.operands:
+        for c in subs:
+            counts[c] = counts.get(c, 0) + 1
+    out = {}
+    for name, subs in sig.operands:
+        var = 1.0
+        for c in subs:
+            if c not in sig.output:
+                var *= sig.size_dict[c] ** (-1.0 / counts[c])
+        out[name] = math.sqrt(var)
+    return out
 
 
-def _from_hint(graph: TensorGraph, node: str, hint: Any, std: float, dtype: torch.dtype, device: Any, gen) -> torch.Tensor:
+def _from_hint(
+    graph: TensorGraph, node: str, hint: Any, node_std: float, dtype: torch.dtype, device: Any, gen
+) -> torch.Tensor:
     shape = graph.shape(node)
-    n_param = max(1, len(graph.nodes_with_role("param")))
-    node_std = _bond_std(graph, node) * std ** (1.0 / n_param)
     if hint is None or hint == "normal":
         return torch.randn(shape, dtype=dtype, device=device, generator=gen) * node_std
     if isinstance(hint, (int, float)) and not isinstance(hint, bool):
@@ -85,6 +98,8 @@ def initial_tensors(
         gen = torch.Generator(device=device or "cpu").manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     nodes = graph.nodes_with_role("param")
+    stds = _index_std(graph)
+    share = std ** (1.0 / max(1, len(nodes)))
     if isinstance(init, Mapping):
         unknown = sorted(set(init) - set(nodes))
         if unknown:
@@ -96,13 +111,19 @@ def initial_tensors(
         elif callable(init) and not isinstance(init, (str, Mapping)):
             out[node] = _checked(node, init(node, shape), shape, dtype, device)
         elif isinstance(init, str) and init != "normal":
-            out[node] = _from_hint(graph, node, init, std, dtype, device, gen)
+            out[node] = _from_hint(graph, node, init, stds[node] * share, dtype, device, gen)
         else:
-            out[node] = _from_hint(graph, node, graph.node(node).get("init"), std, dtype, device, gen)
+            out[node] = _from_hint(graph, node, graph.node(node).get("init"), stds[node] * share, dtype, device, gen)
     return out
 
 
 def fixed_tensor(graph: TensorGraph, node: str, dtype: torch.dtype | None = None, device: Any = None) -> torch.Tensor:
     """The constant value of a ``fixed`` node as a tensor."""
     value = graph.node(node)["value"]
+    if value == "delta":
+        shape = graph.shape(node)
+        out = torch.zeros(shape, dtype=dtype or torch.get_default_dtype(), device=device)
+        idx = torch.arange(shape[0], device=device)
+        out[(idx,) * len(shape)] = 1.0
+        return out
     return torch.tensor(value, dtype=dtype or torch.get_default_dtype(), device=device).reshape(graph.shape(node))

@@ -65,9 +65,11 @@ class TNModule(nn.Module):
         self.memory_limit = memory_limit
         tensors = initial_tensors(graph, init, std=std, dtype=dtype, device=device, seed=seed)
         self.params = nn.ParameterDict({name: nn.Parameter(t) for name, t in tensors.items()})
-        fixed = {n: fixed_tensor(graph, n, dtype, device) for n in graph.nodes_with_role("fixed")}
+        deltas = set(graph.delta_nodes())
+        fixed = {n: fixed_tensor(graph, n, dtype, device) for n in graph.nodes_with_role("fixed") if n not in deltas}
         self.fixed = _Buffers(fixed)
-        self._roles = [(n, graph.node(n)["role"]) for n in graph.nodes]
+        # delta (copy) nodes are hyperedges for the planner: never operands
+        self._roles = [(n, "delta" if n in deltas else graph.node(n)["role"]) for n in graph.nodes]
         self._inputs = graph.nodes_with_role("input")
         self._dense_shape = tuple(graph.axis_sizes.values())
         self._plans: dict[tuple, Plan] = {}
@@ -114,6 +116,8 @@ class TNModule(nn.Module):
                 out[name] = self.params[name]
             elif role == "fixed":
                 out[name] = self.fixed[name]
+            elif role == "delta":
+                out[name] = fixed_tensor(self.graph, name, self.dtype, self.device)
         return out
 
     def _operands(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -123,7 +127,7 @@ class TNModule(nn.Module):
                 ops.append(self.params[name])
             elif role == "fixed":
                 ops.append(self.fixed[name])
-            else:
+            elif role == "input":
                 ops.append(inputs[name])
         return ops
 

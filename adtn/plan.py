@@ -85,8 +85,11 @@ def signature(graph: TensorGraph, feed: Sequence[str] = (), batch: int | None = 
             raise GraphError(f"cannot feed axis {axis!r}: graph {graph.name!r} has axes {list(graph.outputs)}")
     symbols: dict[Any, str] = {}
     size_dict: dict[str, int] = {}
+    parent = _hyperedges(graph)
 
     def symbol_of(key: Any, size: int) -> str:
+        while key in parent:
+            key = parent[key]
         if key not in symbols:
             symbols[key] = oe.get_symbol(len(symbols))
             size_dict[symbols[key]] = size
@@ -94,22 +97,46 @@ def signature(graph: TensorGraph, feed: Sequence[str] = (), batch: int | None = 
 
     batch_symbol = symbol_of(BATCH, batch) if batch is not None else ""
     operands = []
+    deltas = set(graph.delta_nodes())
     for name, legs in graph.iter_legs():
+        if name in deltas:
+            continue
         subs = []
         for leg_name, size in legs.items():
-            leg = graph.leg((name, leg_name))
-            other = graph.partner(leg)
-            key = frozenset((leg, other)) if other is not None else leg
-            subs.append(symbol_of(key, size))
+            subs.append(symbol_of(leg_key(graph, graph.leg((name, leg_name))), size))
         prefix = batch_symbol if graph.node(name)["role"] == "input" else ""
         operands.append((name, prefix + "".join(subs)))
     if feed:
-        subs = "".join(symbols[leg] for axis in feed for leg in graph.outputs[axis])
+        subs = "".join(symbol_of(leg, graph.leg_size(leg)) for axis in feed for leg in graph.outputs[axis])
         operands.append((f"{BATCH}:{'+'.join(feed)}", batch_symbol + subs))
     output = batch_symbol + "".join(
-        symbols[leg] for axis, legs in graph.outputs.items() if axis not in feed for leg in legs
+        symbol_of(leg, graph.leg_size(leg)) for axis, legs in graph.outputs.items() if axis not in feed for leg in legs
     )
     return Signature(tuple(operands), output, size_dict)
+
+
+def leg_key(graph: TensorGraph, leg: Any) -> Any:
+    """The index a leg carries before hyperedge merging: its bond, or itself when open."""
+    other = graph.partner(leg)
+    return frozenset((leg, other)) if other is not None else leg
+
+
+def _hyperedges(graph: TensorGraph) -> dict[Any, Any]:
+    """Union-find parents merging every leg index of each delta node into one hyperindex."""
+    parent: dict[Any, Any] = {}
+
+    def find(key: Any) -> Any:
+        while key in parent:
+            key = parent[key]
+        return key
+
+    for name in graph.delta_nodes():
+        keys = [find(leg_key(graph, graph.leg((name, leg)))) for leg in graph.legs(name)]
+        root = keys[0]
+        for key in keys[1:]:
+            if key != root:
+                parent[key] = root
+    return parent
 
 
 def choose_optimizer(n_operands: int) -> str:

@@ -1,22 +1,18 @@
 """CP (CANDECOMP/PARAFAC) as a graph: one factor (n_k, R) per axis, all sharing one rank index.
 
 A rank-R CP, W[i_1..i_d] = sum_r U_1[i_1, r] ... U_d[i_d, r], needs an index shared by all d
-factors: a hyperedge. Graph bonds are pairwise, so the hyperedge is spelled with fixed copy
-(delta) tensors, delta[a, b, c] = 1 if a == b == c else 0:
+factors: a hyperedge. It is spelled as one fixed node with the symbolic value ``"delta"``
+(the copy tensor, 1 where all indices agree), with one leg ``u_<axis>`` per factor:
 
 - d = 2 (a linear weight): no copy tensor at all; ``u_out.r -- u_in.r`` is the shared index.
-- d >= 3: a chain of d - 2 fixed 3-leg deltas ``d0, d1, ...`` (each R x R x R). ``d0`` joins
-  the first two factors and passes the index on (``d0.next -- d1.prev``); the last joins the
-  last two factors. A chain of deltas is again a delta, so this is exactly CP.
+- d >= 3: ``delta`` with d legs of size R. The planner never materialises it: all its legs
+  become one einsum index shared by the d factors, so the contraction is exactly CP's and
+  costs nothing to store (a stored R^d superdiagonal would be 16.8M entries for a conv
+  kernel at R = 64).
 
-Why a chain and not one d-leg superdiagonal node: the chain holds (d - 2) R^3 fixed entries
-instead of R^d (a conv kernel, d = 4, R = 64: 0.5M instead of 16.8M), and it gives the
-planner pairwise steps. Fixed nodes are buffers, not parameters, so the count stays
-R * sum_k n_k (conv: R (in + kh + kw + out), METHODS.md section 4). Delta nodes carry the
-meta flag ``delta=True`` so a planner that supports hyperedges can merge their legs instead.
-Factor ``u_<axis>`` has legs ``(i: n_k, r: R)``, the (n_k, R) layout of tensorly and
-``adtn.decompose.cp_als``; a delta's legs are named after the factor they join (``u_out``)
-or ``prev``/``next`` along the chain.
+Fixed nodes are not parameters, so the count stays R * sum_k n_k (conv: R (in + kh + kw + out),
+METHODS.md section 4). Factor ``u_<axis>`` has legs ``(i: n_k, r: R)``, the (n_k, R) layout of
+tensorly and ``adtn.decompose.cp_als``.
 """
 
 from __future__ import annotations
@@ -84,16 +80,7 @@ def cp(axes: Mapping[str, int], *, rank: int) -> TensorGraph:
     if len(names) == 2:
         g.bond(f"u_{names[0]}.r", f"u_{names[1]}.r")
     else:
-        copy = delta(rank)
-        last = len(names) - 3
-        for k in range(last + 1):
-            first = [f"u_{names[0]}", f"u_{names[1]}"] if k == 0 else ["prev", f"u_{names[k + 1]}"]
-            second = ["next"] if k < last else [f"u_{names[-1]}"]
-            legs = first + second
-            g.add_node(f"d{k}", dict.fromkeys(legs, rank), role="fixed", value=copy, delta=True)
-            for leg in legs:
-                if leg == "prev":
-                    g.bond(f"d{k - 1}.next", f"d{k}.prev")
-                elif leg != "next":
-                    g.bond(f"{leg}.r", f"d{k}.{leg}")
+        g.add_node("delta", {f"u_{ax}": rank for ax in names}, role="fixed", value="delta")
+        for ax in names:
+            g.bond(f"u_{ax}.r", f"delta.u_{ax}")
     return g.set_outputs({ax: [f"u_{ax}.i"] for ax in names}).freeze()
