@@ -177,8 +177,10 @@ class TensorGraph:
         axis_of: dict[Leg, str] = {}
         for axis, legs in axes.items():
             _check_name("axis", axis)
-            if isinstance(legs, (str, tuple)) and not isinstance(legs, list):
-                legs = [legs]
+            if isinstance(legs, str) or (
+                isinstance(legs, tuple) and len(legs) == 2 and all(isinstance(x, str) and "." not in x for x in legs)
+            ):
+                legs = [legs]  # a single leg: "node.leg" or (node, leg)
             refs = tuple(self.leg(leg) for leg in legs)
             if not refs:
                 raise GraphError(f"output axis {axis!r} has no legs")

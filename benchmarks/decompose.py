@@ -3,7 +3,7 @@
     python benchmarks/decompose.py          # TT-SVD 4096x4096 as (8,)^8 at rank 16, HOSVD 512x512x3x3
     python benchmarks/decompose.py --full   # also TT-matrix (8,8,8,8)x(8,8,8,8), HOOI and the SVD path
 
-Best of --repeats runs each, in one process, with torch.set_num_threads(--threads).
+Best of --repeats alternating runs each, in one process, with torch.set_num_threads(--threads).
 """
 
 from __future__ import annotations
@@ -11,19 +11,23 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from adtn.decompose import hosvd, tt_matrix_svd, tt_matrix_to_matrix, tt_svd, tt_to_tensor, tucker_to_tensor
 
 
-def best_of(repeats: int, fn: Callable[..., object], *args: object, **kwargs: object) -> tuple[float, object]:
-    best, out = float("inf"), None
+def race(repeats: int, ours: Callable[[], object], theirs: Callable[[], object]) -> tuple[float, object, float, object]:
+    """Best time of each over ``repeats`` alternating runs, so both see the same machine load."""
+    best = [float("inf"), float("inf")]
+    outs: list[object] = [None, None]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for i, fn in enumerate((ours, theirs)):
+            t0 = time.perf_counter()
+            outs[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best[0], outs[0], best[1], outs[1]
 
 
 def rel(approx: torch.Tensor, ref: torch.Tensor) -> float:
@@ -71,51 +75,34 @@ def main() -> None:
 
     for kind in ("random", "lowrank+noise"):
         t = tt_input(kind, gen)
-        ta, cores = best_of(rep, tt_svd, t, 16)
-        tt_, tcores = best_of(rep, tensor_train, t, [1] + [16] * 7 + [1])
-        rows.append(
-            (f"tt_svd (8,)^8 r16 {kind}", ta, tt_, rel(tt_to_tensor(cores), t), rel(tl.tt_to_tensor(tcores), t))
-        )
+        tt_ranks = [1] + [16] * 7 + [1]
+        ta, cores, tt_, tcores = race(rep, partial(tt_svd, t, 16), partial(tensor_train, t, tt_ranks))
+        ea, et = rel(tt_to_tensor(cores), t), rel(tl.tt_to_tensor(tcores), t)
+        rows.append((f"tt_svd (8,)^8 r16 {kind}", ta, tt_, ea, et))
         if args.full:
-            ta, cores = best_of(rep, tt_svd, t, 16, method="svd")
-            rows.append(
-                (f"  same, method=svd {kind}", ta, tt_, rel(tt_to_tensor(cores), t), rel(tl.tt_to_tensor(tcores), t))
-            )
+            ta, cores, tt_, tcores = race(rep, partial(tt_svd, t, 16, method="svd"), partial(tensor_train, t, tt_ranks))
+            rows.append((f"  same, method=svd {kind}", ta, tt_, rel(tt_to_tensor(cores), t), et))
             w = t.reshape(4096, 4096)
-            ta, cores = best_of(rep, tt_matrix_svd, w, (8,) * 4, (8,) * 4, 16)
-            tens = w.reshape((8,) * 8)
-            tt_, tcores = best_of(rep, tensor_train_matrix, tens, [1, 16, 16, 16, 1])
-            rows.append(
-                (
-                    f"tt_matrix (8^4)x(8^4) r16 {kind}",
-                    ta,
-                    tt_,
-                    rel(tt_matrix_to_matrix(cores), w),
-                    rel(tl.tt_matrix_to_tensor(tcores), tens),
-                )
+            ta, cores, tt_, tcores = race(
+                rep,
+                partial(tt_matrix_svd, w, (8,) * 4, (8,) * 4, 16),
+                partial(tensor_train_matrix, t, [1, 16, 16, 16, 1]),
             )
+            ea, et = rel(tt_matrix_to_matrix(cores), w), rel(tl.tt_matrix_to_tensor(tcores), t)
+            rows.append((f"tt_matrix (8^4)x(8^4) r16 {kind}", ta, tt_, ea, et))
 
     ranks = (128, 128, 3, 3)
     for kind in ("random", "lowrank+noise"):
         k = tucker_input(kind, gen)
-        ta, (core, fs) = best_of(rep, hosvd, k, ranks)
-        tt_, tk = best_of(rep, tucker, k, ranks, n_iter_max=0)
-        rows.append(
-            (f"hosvd 512x512x3x3 {kind}", ta, tt_, rel(tucker_to_tensor(core, fs), k), rel(tl.tucker_to_tensor(tk), k))
-        )
+        ta, (core, fs), tt_, tk = race(rep, partial(hosvd, k, ranks), partial(tucker, k, ranks, n_iter_max=0))
+        ea, et = rel(tucker_to_tensor(core, fs), k), rel(tl.tucker_to_tensor(tk), k)
+        rows.append((f"hosvd 512x512x3x3 {kind}", ta, tt_, ea, et))
         if args.full:
-            tt_, (tk, errs) = best_of(rep, tucker, k, ranks, return_errors=True)
-            n = len(errs)  # same number of HOOI sweeps as tensorly's default run
-            ta, (core, fs) = best_of(rep, hosvd, k, ranks, n_iter=n)
-            rows.append(
-                (
-                    f"  HOOI x{n} vs tucker() {kind}",
-                    ta,
-                    tt_,
-                    rel(tucker_to_tensor(core, fs), k),
-                    rel(tl.tucker_to_tensor(tk), k),
-                )
-            )
+            _, errs = tucker(k, ranks, return_errors=True)
+            n = len(errs)  # as many HOOI sweeps as tensorly's default run takes
+            ta, (core, fs), tt_, tk = race(rep, partial(hosvd, k, ranks, n_iter=n), partial(tucker, k, ranks))
+            ea, et = rel(tucker_to_tensor(core, fs), k), rel(tl.tucker_to_tensor(tk), k)
+            rows.append((f"  HOOI x{n} vs tucker() {kind}", ta, tt_, ea, et))
 
     print(f"{'method':40s} {'adtn s':>8s} {'tensorly s':>10s} {'ratio':>6s} {'adtn err':>10s} {'tl err':>10s}")
     for name, ta, tt_, ea, et in rows:
