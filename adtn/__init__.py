@@ -1,6 +1,7 @@
 """adtn: compress neural networks with tensor networks, on one graph engine."""
 
 from .errors import AdtnError, FrozenGraphError, GraphError, RankError, SchemaError, ShapeError, TemplateError
+from .fitting import FitResult, fit
 from .graph import TensorGraph
 from .module import TNModule, compile
 from .plan import Cost, Plan, clear_cache, plan, signature
@@ -10,6 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdtnError",
     "Cost",
+    "FitResult",
     "FrozenGraphError",
     "GraphError",
     "Plan",
@@ -21,6 +23,7 @@ __all__ = [
     "TensorGraph",
     "clear_cache",
     "compile",
+    "fit",
     "plan",
     "signature",
 ]

@@ -1,0 +1,120 @@
+"""Fit any compiled network to a dense tensor by gradient descent.
+
+The fallback initialiser for formats without a closed-form one (deep ADTN, users' own
+graphs): minimise the relative Frobenius error of ``module.dense()`` against the target
+with Adam, optionally polish with L-BFGS, and stop early once a target error is reached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import AdtnError, ShapeError
+
+__all__ = ["FitResult", "fit"]
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` reached: the final relative error, steps taken, and the error history."""
+
+    rel_error: float
+    steps: int
+    history: list[float] = field(repr=False, default_factory=list)
+    converged: bool = False
+
+
+def _check_target(module: nn.Module, dense: torch.Tensor) -> torch.Tensor:
+    if not isinstance(dense, torch.Tensor):
+        dense = torch.as_tensor(dense)
+    with torch.no_grad():
+        shape = tuple(module.dense().shape)
+    if tuple(dense.shape) != shape:
+        raise ShapeError(f"fit: target of shape {tuple(dense.shape)} does not match the network's dense shape {shape}")
+    if not torch.isfinite(dense).all():
+        raise ShapeError("fit: target tensor contains NaN or inf")
+    return dense
+
+
+def fit(
+    module: nn.Module,
+    dense: torch.Tensor,
+    steps: int = 2000,
+    lr: float = 1e-2,
+    target: float = 1e-4,
+    lbfgs_steps: int = 0,
+    progress: bool = False,
+    log_every: int = 50,
+) -> FitResult:
+    """Fit ``module`` (anything with ``dense()`` and parameters) to ``dense`` in place.
+
+    Args:
+        module: a TNModule, a DeepTN module, or any module with a ``dense()`` method.
+        dense: the target tensor, of ``module.dense()``'s shape.
+        steps: Adam steps at most.
+        lr: Adam learning rate (decayed by cosine annealing).
+        target: stop once the relative Frobenius error is at most this.
+        lbfgs_steps: L-BFGS iterations after Adam (0 to skip), useful to polish a fit.
+        progress: show a tqdm progress bar.
+        log_every: record the error in ``history`` every this many steps.
+    """
+    if not hasattr(module, "dense"):
+        raise AdtnError(f"fit: {type(module).__name__} has no dense() method; pass a compiled network")
+    if steps < 0 or lbfgs_steps < 0 or lr <= 0 or target < 0:
+        raise AdtnError(f"fit: steps and lbfgs_steps must be >= 0, lr > 0, target >= 0; got {steps}, {lbfgs_steps}, {lr}, {target}")
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise AdtnError(f"fit: {type(module).__name__} has no trainable parameters")
+    dense = _check_target(module, dense).to(dtype=params[0].dtype, device=params[0].device)
+    norm = torch.linalg.vector_norm(dense).clamp_min(torch.finfo(dense.dtype).tiny)
+    was_training = module.training
+    module.train()
+
+    def loss_fn() -> torch.Tensor:
+        return torch.linalg.vector_norm(module.dense() - dense) / norm
+
+    history: list[float] = []
+    err = float("inf")
+    bar: Any = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="fit", leave=False)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    step = 0
+    for step in range(1, steps + 1):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        err = float(loss.detach())
+        if step % log_every == 0 or step == 1:
+            history.append(err)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(rel_error=f"{err:.2e}", refresh=False)
+        if err <= target:
+            break  # before stepping, so the parameters are the ones that reached the target
+        loss.backward()
+        opt.step()
+        sched.step()
+    if bar is not None:
+        bar.close()
+    if lbfgs_steps and err > target:
+        lbfgs = torch.optim.LBFGS(params, max_iter=lbfgs_steps, line_search_fn="strong_wolfe", tolerance_grad=1e-12)
+
+        def closure() -> torch.Tensor:
+            lbfgs.zero_grad(set_to_none=True)
+            loss = loss_fn()
+            loss.backward()
+            return loss
+
+        lbfgs.step(closure)
+    with torch.no_grad():
+        err = float(loss_fn())
+    history.append(err)
+    module.train(was_training)
+    return FitResult(err, step, history, err <= target)

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+import adtn
+from adtn.errors import AdtnError, ShapeError
+from adtn.fitting import fit
+
+
+def tt_graph(rank=3):
+    g = adtn.TensorGraph("tt")
+    g.add_node("a", legs={"o": 4, "i": 3, "r": rank})
+    g.add_node("b", legs={"l": rank, "o": 3, "i": 4, "r": rank})
+    g.add_node("c", legs={"l": rank, "o": 2, "i": 2})
+    g.bond("a.r", "b.l").bond("b.r", "c.l")
+    return g.set_outputs({"out": ["a.o", "b.o", "c.o"], "in": ["a.i", "b.i", "c.i"]}).freeze()
+
+
+def test_fit_reaches_representable_target():
+    target = adtn.compile(tt_graph(), dtype=torch.float64, seed=1).dense().detach()
+    m = adtn.compile(tt_graph(), dtype=torch.float64, seed=2)
+    result = fit(m, target, steps=1500, lr=0.05, target=1e-3, lbfgs_steps=200)
+    assert result.rel_error <= 1e-3
+    err = float((m.dense() - target).norm() / target.norm())
+    assert err == pytest.approx(result.rel_error, rel=1e-6)
+    assert result.history[0] > result.rel_error
+
+
+def test_fit_stops_early():
+    target = adtn.compile(tt_graph(), dtype=torch.float64, seed=1).dense().detach()
+    m = adtn.compile(tt_graph(), dtype=torch.float64, seed=2)
+    result = fit(m, target, steps=5000, lr=0.05, target=0.5)
+    assert result.converged and result.steps < 5000 and result.rel_error <= 0.5
+
+
+def test_fit_bad_input():
+    m = adtn.compile(tt_graph())
+    with pytest.raises(ShapeError, match=r"target of shape \(3, 3\) does not match the network's dense shape \(24, 24\)"):
+        fit(m, torch.zeros(3, 3))
+    with pytest.raises(ShapeError, match="contains NaN"):
+        fit(m, torch.full((24, 24), float("nan")))
+    with pytest.raises(AdtnError, match="lr > 0"):
+        fit(m, torch.zeros(24, 24), lr=0)
+    with pytest.raises(AdtnError, match="has no dense"):
+        fit(torch.nn.Linear(2, 2), torch.zeros(2, 2))
