@@ -5,6 +5,7 @@ from .fitting import FitResult, fit
 from .graph import TensorGraph
 from .module import TNModule, compile
 from .plan import Cost, Plan, clear_cache, plan, signature
+from . import templates  # noqa: E402  (registers the built-in templates)
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,5 @@ __all__ = [
     "fit",
     "plan",
     "signature",
+    "templates",
 ]

@@ -42,6 +42,8 @@ __all__ = [
     "gate_pairs",
     "num_legs",
     "operator_graph",
+    "trace_gates",
+    "windows",
 ]
 
 SCHEMA = "adtn.deep/1"
@@ -114,6 +116,81 @@ def operator_graph(
     if layer:
         outputs[PREV] = [prev[j] for j in range(q)]
     return g.set_outputs(outputs).freeze()
+
+
+def trace_gates(op: TensorGraph, layer: int, q: int) -> list[tuple[str, int, int]] | str:
+    """The gates of an operator as (node, a, b) in application order, checked against its bonds.
+
+    Returns a reason (str) when the graph is not a chain of nearest-neighbour gates in leg
+    order (then only the planner can contract it). Used by the fused executor, which applies
+    gates to a state stored in leg order.
+    """
+    top: dict[int, str] = {}
+    if layer:
+        prev = [str(leg) for leg in op.outputs.get(PREV, ())]
+        if len(prev) != q:
+            return f"axis {PREV!r} does not hold {q} legs"
+        top = dict(enumerate(prev))
+    gates = []
+    for name in op.nodes_with_role("param"):
+        attrs = op.node(name)
+        on, legs = attrs.get("on"), set(attrs["legs"])
+        if not (isinstance(on, (list, tuple)) and len(on) == 2 and on[1] == on[0] + 1 and 0 <= on[0] < q - 1):
+            return f"gate {name!r}: meta 'on' must be two neighbouring legs, got {on!r}"
+        a, b = on
+        if legs == {"o0", "o1"}:
+            if layer or a in top or b in top:
+                return f"gate {name!r} has no inputs but legs {a}, {b} already carry a state"
+        elif legs == {"o0", "o1", "i0", "i1"}:
+            for leg, j in (("i0", a), ("i1", b)):
+                partner = op.partner((name, leg))
+                if partner is None:
+                    return f"gate {name!r}: input {leg} is open"
+                if j in top:
+                    if str(partner) != top[j]:
+                        return f"gate {name!r}: input {leg} is bonded to {partner}, expected {top[j]}"
+                elif op.node(partner.node)["role"] != "fixed" or len(op.legs(partner.node)) != 1:
+                    return f"gate {name!r}: input {leg} of a fresh leg must be a fixed vector, got {partner}"
+        else:
+            return f"gate {name!r}: legs must be o0, o1 (, i0, i1), got {sorted(legs)}"
+        top[a], top[b] = f"{name}.o0", f"{name}.o1"
+        gates.append((name, a, b))
+    outs = [str(leg) for ax, axis_legs in op.outputs.items() if ax != PREV for leg in axis_legs]
+    if outs != [top.get(j) for j in range(q)]:
+        return "output legs are not the state legs 0..Q-1 in order"
+    return gates
+
+
+def windows(pairs: Sequence[tuple[int, int]], q: int, width: int = 4) -> list[tuple[int, int, list[int]]]:
+    """Group one layer's gates into windows of at most ``width`` neighbouring legs.
+
+    Each window (lo, hi, gate indices) is one pass over the state: its gates, fused into a
+    2^(hi-lo) matrix, act on legs [lo, hi). Windows sweep left to right; a gate joins a window
+    when both its legs lie inside and no earlier gate that shares a leg is left for later, so
+    the application order of the gates is kept. A window that would leave 1 or 2 legs after it
+    is stretched to the last leg (a thin trailing dimension makes a slow matmul).
+    """
+    pending = list(range(len(pairs)))
+    out = []
+    while pending:
+        lo = min(pairs[k][0] for k in pending)
+        for attempt in range(2):
+            hi = min(q, lo + width)
+            hi = q if q - hi <= 2 else hi
+            chosen, blocked = [], set()
+            for k in pending:
+                a, b = pairs[k]
+                if lo <= a and b < hi and a not in blocked and b not in blocked:
+                    chosen.append(k)
+                else:
+                    blocked.update((a, b))
+            if chosen:
+                break
+            lo = pairs[pending[0]][0]  # the earliest pending gate always fits a window at its first leg
+        lo, hi = min(pairs[k][0] for k in chosen), max(pairs[k][1] for k in chosen) + 1
+        out.append((lo, q if q - hi <= 2 else hi, chosen))
+        pending = [k for k in pending if k not in chosen]
+    return out
 
 
 class DeepTN:

@@ -10,7 +10,23 @@ import torch
 
 from .graph import TensorGraph
 
-__all__ = ["random_graph", "ncon_dense", "devices", "rel_error"]
+__all__ = ["random_graph", "ncon_dense", "devices", "rel_error", "TEMPLATE_EXAMPLES"]
+
+# A small, readable example per template: (axes, options). Registry-wide tests and the
+# docs' pictures use these; a template missing here is tried with a generic linear example.
+TEMPLATE_EXAMPLES: dict[str, tuple[dict[str, int], dict[str, Any]]] = {
+    "tt": ({"out": 64, "in": 64}, {"rank": 4}),
+    "tr": ({"out": 64, "in": 64}, {"rank": 4}),
+    "ht": ({"out": 256, "in": 256}, {"rank": 4}),
+    "tucker": ({"out": 16, "in": 16, "kh": 3, "kw": 3}, {"rank": 3}),
+    "tucker2": ({"out": 16, "in": 16, "kh": 3, "kw": 3}, {"rank": 4}),
+    "cp": ({"out": 16, "in": 16, "kh": 3, "kw": 3}, {"rank": 4}),
+    "kronecker": ({"out": 16, "in": 16, "kh": 3, "kw": 3}, {"rank": 2}),
+    "semi_tt": ({"out": 64, "in": 64}, {"rank": 4}),
+    "semi_tr": ({"out": 64, "in": 64}, {"rank": 4}),
+    "semi_tucker": ({"out": 16, "in": 16}, {"rank": 4}),
+    "adtn": ({"out": 8, "in": 8}, {"depth": 2}),
+}
 
 
 def random_graph(

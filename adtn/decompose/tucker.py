@@ -73,7 +73,8 @@ def hosvd(
         ranks: an int (every decomposed mode) or one rank per entry of ``modes``; clipped to
             min(n_k, product of the other sizes).
         modes: modes to decompose (default: all); the others keep their full size in the core.
-        n_iter: HOOI sweeps (higher-order orthogonal iteration).
+        n_iter: HOOI sweeps (higher-order orthogonal iteration). A rank above the product of
+            the other modes' (projected) sizes is clipped to it there.
         method: SVD method for the factors; "auto" takes the top eigenvectors of the n_k x n_k
             Gram matrix of each unfolding when that is safe (512 x 4608 -> eigh of 512 x 512).
 
