@@ -144,12 +144,11 @@ def trace_gates(op: TensorGraph, layer: int, q: int) -> list[tuple[str, int, int
         elif legs == {"o0", "o1", "i0", "i1"}:
             for leg, j in (("i0", a), ("i1", b)):
                 partner = op.partner((name, leg))
-                if partner is None:
-                    return f"gate {name!r}: input {leg} is open"
+                got = f"{name}.{leg}" if partner is None else str(partner)  # an open input must be in PREV
                 if j in top:
-                    if str(partner) != top[j]:
-                        return f"gate {name!r}: input {leg} is bonded to {partner}, expected {top[j]}"
-                elif op.node(partner.node)["role"] != "fixed" or len(op.legs(partner.node)) != 1:
+                    if got != top[j]:
+                        return f"gate {name!r}: input {leg} reads {got}, expected {top[j]} (leg {j})"
+                elif partner is None or op.node(partner.node)["role"] != "fixed" or len(op.legs(partner.node)) != 1:
                     return f"gate {name!r}: input {leg} of a fresh leg must be a fixed vector, got {partner}"
         else:
             return f"gate {name!r}: legs must be o0, o1 (, i0, i1), got {sorted(legs)}"

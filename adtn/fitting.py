@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import AdtnError, ShapeError
 
-__all__ = ["FitResult", "fit"]
+__all__ = ["FitResult", "fit", "initialize"]
 
 
 @dataclass
@@ -118,3 +118,40 @@ def fit(
     history.append(err)
     module.train(was_training)
     return FitResult(err, step, history, err <= target)
+
+
+def initialize(module: nn.Module, dense: torch.Tensor, method: str = "auto", **fit_options: Any) -> FitResult | None:
+    """Set ``module``'s parameters from a dense tensor, in place.
+
+    ``method="auto"`` uses the exact initialiser of the template that built the module's
+    graph when it has one (TT-SVD, HOSVD, Kronecker SVD, ...), else ``fit``;
+    ``"decompose"`` insists on the template's initialiser; ``"fit"`` always fits.
+    Returns the FitResult when fitting ran, else None.
+    """
+    from .templates import template_of
+
+    if method not in ("auto", "decompose", "fit"):
+        raise AdtnError(f"initialize: method must be 'auto', 'decompose' or 'fit', got {method!r}")
+    graph = getattr(module, "graph", None)
+    found = template_of(graph) if graph is not None else None
+    if method != "fit" and found is not None and found[0].init is not None:
+        template, options = found
+        dense = _check_target(module, dense)
+        axes = dict(graph.meta["template"]["axes"])
+        built, tensors = template.init(dense, axes, **options)
+        if built.structure_hash() != graph.structure_hash():
+            raise AdtnError(
+                f"initialize: template {template.name!r} decomposed to a different structure than the module's "
+                f"graph ({built} vs {graph}); pass the same options"
+            )
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                module.params[name].copy_(tensor.to(module.params[name]))
+        return None
+    if method == "decompose":
+        name = found[0].name if found else None
+        raise AdtnError(
+            f"initialize: method='decompose' needs a template with an exact initialiser; this graph's template is "
+            f"{name!r}. Use method='fit' (gradient descent) instead"
+        )
+    return fit(module, dense, **fit_options)

@@ -225,6 +225,12 @@ class TensorGraph:
         return self._frozen
 
     @property
+    def meta(self) -> dict[str, Any]:
+        """Free-form, JSON-able facts about the graph that do not change its structure, such
+        as the template that built it and its options (``meta["template"]``)."""
+        return self._g.graph.setdefault("meta", {})
+
+    @property
     def nx(self) -> nx.MultiGraph:
         """The backing networkx MultiGraph (frozen once the graph is)."""
         return self._g
@@ -321,6 +327,7 @@ class TensorGraph:
         data = self.to_dict()
         if not values:
             data.pop("name", None)
+            data["graph"]["graph"].pop("meta", None)
             for node in data["graph"]["nodes"]:
                 if not isinstance(node.get("value"), str):
                     node.pop("value", None)
@@ -360,6 +367,7 @@ class TensorGraph:
             (nu, nv), (lu, lv) = attrs["ends"], attrs["legs"]
             g.bond((nu, lu), (nv, lv))
         g.set_outputs(nxg.graph.get("outputs", {}))
+        g.meta.update(nxg.graph.get("meta", {}))
         return g.freeze() if freeze else g
 
     @classmethod

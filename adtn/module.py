@@ -243,6 +243,16 @@ def _compiling() -> bool:
     return bool(compiler and compiler.is_compiling())
 
 
-def compile(graph: TensorGraph, init: InitSpec = "normal", **options: Any) -> TNModule:  # noqa: A001
-    """Compile a graph into a ``TNModule`` (see its docstring for the options)."""
+def compile(graph: TensorGraph, init: InitSpec | torch.Tensor = "normal", **options: Any) -> TNModule:  # noqa: A001
+    """Compile a graph into a ``TNModule`` (see its docstring for the options).
+
+    ``init`` may also be a dense tensor shaped like ``dense()``: the template that built the
+    graph initialises from it exactly when it can (TT-SVD, HOSVD, ...), else ``adtn.fit``.
+    """
+    if isinstance(init, torch.Tensor):
+        from .fitting import initialize
+
+        module = TNModule(graph, "normal", **options)
+        initialize(module, init.to(dtype=module.dtype, device=module.device))
+        return module
     return TNModule(graph, init, **options)

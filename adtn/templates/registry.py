@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TemplateError
 
-__all__ = ["Template", "register", "get", "names", "TEMPLATES"]
+__all__ = ["Template", "register", "get", "names", "template_of", "TEMPLATES"]
 
 
 @dataclass(frozen=True)
 class Template:
-    """A format: ``build(axes, **options)`` returns a TensorGraph (or DeepTN) whose output
-    axes are exactly ``axes`` in order; ``formula(axes, **options)`` is the closed-form
-    parameter count; ``init(graph, dense, **options)`` (optional) maps a dense weight to node
-    tensors with the format's exact SVD-family initialiser; ``kinds`` says which weights it
-    fits ("linear": axes out, in; "conv": out, in, kh, kw)."""
+    """A format.
+
+    ``build(axes, **options)`` returns a TensorGraph (or DeepTN) whose output axes are exactly
+    ``axes`` in order. ``formula(axes, **options)`` is the closed-form parameter count.
+    ``init(dense, axes, *, rank=None, tol=None, **options) -> (graph, tensors)`` (optional) is
+    the format's SVD-family initialiser: it decomposes ``dense`` (shaped like ``axes``) at the
+    given ranks, or at the smallest ranks reaching relative error ``tol``, and returns the
+    graph it built plus ``{param node: tensor}``. ``kinds`` says which weights it fits
+    ("linear": axes out, in; "conv": out, in, kh, kw)."""
 
     name: str
     build: Callable[..., Any]
@@ -41,10 +47,33 @@ def register(
 
     def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
         doc = (build.__doc__ or "").strip().splitlines()[0] if build.__doc__ else ""
-        TEMPLATES[name] = Template(name, build, formula, init, tuple(kinds), doc)
-        return build
+
+        @functools.wraps(build)
+        def stamped(axes: Mapping[str, int], *args: Any, **options: Any) -> Any:
+            structure = build(axes, *args, **options)
+            meta = getattr(structure, "meta", None)
+            if isinstance(meta, dict):
+                meta["template"] = {"name": name, "axes": dict(axes), "options": _jsonable(options)}
+            return structure
+
+        TEMPLATES[name] = Template(name, stamped, formula, init, tuple(kinds), doc)
+        return stamped
 
     return decorate
+
+
+def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options as JSON-able values (tuples become lists; anything else its repr)."""
+    return json.loads(json.dumps(dict(options), default=repr))
+
+
+def template_of(structure: Any) -> tuple[Template, dict[str, Any]] | None:
+    """The registered template that built ``structure`` and the options it was given, if known."""
+    meta = getattr(structure, "meta", None) or {}
+    stamp = meta.get("template") if isinstance(meta, dict) else None
+    if not stamp or stamp.get("name") not in TEMPLATES:
+        return None
+    return TEMPLATES[stamp["name"]], dict(stamp.get("options", {}))
 
 
 def get(name: str) -> Template:
