@@ -34,8 +34,12 @@ def _demo_graph() -> TensorGraph:
 
 def demo(args: argparse.Namespace) -> int:
     """Declare, plan, draw and contract a network; compare with the dense layer it replaces."""
+    with torch.no_grad():
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
-    torch.set_grad_enabled(False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     graph = _demo_graph()

@@ -100,6 +100,7 @@ class TensorGraph:
         self._axis_of: dict[Leg, str] = {}
         self._frozen = False
         self._hash: str | None = None
+        self._template_options: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ building
     def _mutable(self, action: str) -> None:
@@ -342,6 +343,8 @@ class TensorGraph:
     def to_dict(self) -> dict[str, Any]:
         graph = nx.MultiGraph(self._g) if self._frozen else self._g
         graph.graph["outputs"] = {ax: [str(leg) for leg in legs] for ax, legs in self._outputs.items()}
+        if not graph.graph.get("meta", True):
+            graph.graph.pop("meta")
         data = nx.node_link_data(graph, edges="edges")
         return {"schema": SCHEMA, "name": self.name, "graph": data}
 
@@ -402,7 +405,13 @@ class TensorGraph:
         return len(self._g)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TensorGraph) and self.to_dict() == other.to_dict()
+        """Same name, structure and fixed values (``meta`` is not compared)."""
+        return isinstance(other, TensorGraph) and self._comparable() == other._comparable()
+
+    def _comparable(self) -> dict[str, Any]:
+        data = self.to_dict()
+        data["graph"]["graph"].pop("meta", None)
+        return data
 
     __hash__ = None  # type: ignore[assignment]
 

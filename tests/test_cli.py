@@ -31,3 +31,10 @@ def test_info_reports_bad_file(capsys):
 def test_help_is_complete(command):
     out = subprocess.run([sys.executable, "-m", "adtn.cli", command, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage: adtn " + command in out.stdout
+
+
+def test_demo_leaves_autograd_on(tmp_path):
+    import torch
+
+    main(["demo", "--out", str(tmp_path), "--batch", "2"])
+    assert torch.is_grad_enabled()

@@ -54,6 +54,7 @@ def register(
             meta = getattr(structure, "meta", None)
             if isinstance(meta, dict):
                 meta["template"] = {"name": name, "axes": dict(axes), "options": _jsonable(options)}
+                structure._template_options = dict(options)
             return structure
 
         TEMPLATES[name] = Template(name, stamped, formula, init, tuple(kinds), doc)
@@ -62,9 +63,14 @@ def register(
     return decorate
 
 
-def _jsonable(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options as JSON-able values (tuples become lists; anything else its repr)."""
-    return json.loads(json.dumps(dict(options), default=repr))
+def _jsonable(value: Any) -> Any:
+    """Options as JSON-able values: tuples become lists, non-string keys and unknown objects
+    their repr. Exact python options are kept on the structure too (``_template_options``)."""
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else repr(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return json.loads(json.dumps(value, default=repr))
 
 
 def template_of(structure: Any) -> tuple[Template, dict[str, Any]] | None:
@@ -73,7 +79,8 @@ def template_of(structure: Any) -> tuple[Template, dict[str, Any]] | None:
     stamp = meta.get("template") if isinstance(meta, dict) else None
     if not stamp or stamp.get("name") not in TEMPLATES:
         return None
-    return TEMPLATES[stamp["name"]], dict(stamp.get("options", {}))
+    exact = getattr(structure, "_template_options", None)
+    return TEMPLATES[stamp["name"]], dict(exact if exact is not None else stamp.get("options", {}))
 
 
 def get(name: str) -> Template:
