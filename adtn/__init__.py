@@ -5,6 +5,7 @@ from .fitting import FitResult, fit
 from .graph import TensorGraph
 from .module import TNModule, compile
 from .plan import Cost, Plan, clear_cache, plan, signature
+from .train import History, evaluate, finetune, setup_distributed
 from . import templates  # noqa: E402  (registers the built-in templates)
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ __all__ = [
     "AdtnError",
     "Cost",
     "FitResult",
+    "History",
     "FrozenGraphError",
     "GraphError",
     "Plan",
@@ -24,8 +26,11 @@ __all__ = [
     "TensorGraph",
     "clear_cache",
     "compile",
+    "evaluate",
+    "finetune",
     "fit",
     "plan",
+    "setup_distributed",
     "signature",
     "templates",
 ]
