@@ -1,8 +1,10 @@
 """adtn: compress neural networks with tensor networks, on one graph engine."""
 
+from .api import encode, load, save
 from .errors import AdtnError, FrozenGraphError, GraphError, RankError, SchemaError, ShapeError, TemplateError
 from .fitting import FitResult, fit
 from .graph import TensorGraph
+from .layers import TNConv1d, TNConv2d, TNLayer, TNLinear
 from .module import TNModule, compile
 from .plan import Cost, Plan, clear_cache, plan, signature
 from .train import History, evaluate, finetune, setup_distributed
@@ -21,15 +23,22 @@ __all__ = [
     "RankError",
     "SchemaError",
     "ShapeError",
+    "TNConv1d",
+    "TNConv2d",
+    "TNLayer",
+    "TNLinear",
     "TNModule",
     "TemplateError",
     "TensorGraph",
     "clear_cache",
     "compile",
+    "encode",
     "evaluate",
     "finetune",
     "fit",
+    "load",
     "plan",
+    "save",
     "setup_distributed",
     "signature",
     "templates",

@@ -34,11 +34,12 @@ from .graph import TensorGraph
 
 __all__ = [
     "ACTIVATIONS",
-    "DeepTN",
     "LAYOUTS",
     "PREV",
     "SCHEMA",
     "STATE",
+    "DeepTN",
+    "fused_schedule",
     "gate_pairs",
     "num_legs",
     "operator_graph",
@@ -167,15 +168,15 @@ def windows(pairs: Sequence[tuple[int, int]], q: int, width: int = 4) -> list[tu
     2^(hi-lo) matrix, act on legs [lo, hi). Windows sweep left to right; a gate joins a window
     when both its legs lie inside and no earlier gate that shares a leg is left for later, so
     the application order of the gates is kept. A window that would leave 1 or 2 legs after it
-    is stretched to the last leg (a thin trailing dimension makes a slow matmul).
+    is stretched to the last leg when that keeps it within ``width + 1`` legs (a thin trailing
+    dimension makes a slow batched matmul).
     """
     pending = list(range(len(pairs)))
     out = []
     while pending:
         lo = min(pairs[k][0] for k in pending)
-        for attempt in range(2):
-            hi = min(q, lo + width)
-            hi = q if q - hi <= 2 else hi
+        for _ in range(2):
+            hi = q if q - lo <= width + 1 else lo + width
             chosen, blocked = [], set()
             for k in pending:
                 a, b = pairs[k]
@@ -187,9 +188,30 @@ def windows(pairs: Sequence[tuple[int, int]], q: int, width: int = 4) -> list[tu
                 break
             lo = pairs[pending[0]][0]  # the earliest pending gate always fits a window at its first leg
         lo, hi = min(pairs[k][0] for k in chosen), max(pairs[k][1] for k in chosen) + 1
-        out.append((lo, q if q - hi <= 2 else hi, chosen))
+        out.append((lo, q if 0 < q - hi <= 2 and q - lo <= width + 1 else hi, chosen))
         pending = [k for k in pending if k not in chosen]
     return out
+
+
+def fused_schedule(deep: DeepTN, width: int = 5) -> tuple[list, dict[int, str]] | str:
+    """The fused executor's plan: per layer, windows ``(lo, hi, [(gate, first leg), ...])``, and
+    the fixed boundary node of each leg that has one; a reason (str) when some operator is not a
+    nearest-neighbour gate chain (``trace_gates``)."""
+    schedule = []
+    for m, op in enumerate(deep.operators):
+        gates = trace_gates(op, m, deep.q)
+        if isinstance(gates, str):
+            return f"operator {m} ({op.name!r}): {gates}"
+        wins = windows([(a, b) for _, a, b in gates], deep.q, width)
+        schedule.append([(lo, hi, [(gates[k][0], gates[k][1]) for k in idx]) for lo, hi, idx in wins])
+    vectors = {}
+    op = deep.operators[0]
+    for name, a, b in trace_gates(op, 0, deep.q):
+        for leg, j in (("i0", a), ("i1", b)):
+            partner = op.partner((name, leg)) if leg in op.legs(name) else None
+            if partner is not None and op.node(partner.node)["role"] == "fixed":
+                vectors[j] = partner.node
+    return schedule, vectors
 
 
 class DeepTN:
@@ -248,6 +270,11 @@ class DeepTN:
             if m == self.depth - 1 and out != [STATE] and out != split:
                 raise GraphError(f"DeepTN {self.name!r}: the last operator's axes must be {STATE!r} or the "
                                  f"weight's axes of size > 1 {split}, got {out}")
+            if m == self.depth - 1 and out == split != [STATE]:
+                got = {ax: math.prod(op.axis_shape(ax)) for ax in split}
+                if got != {ax: self.axes[ax] for ax in split}:
+                    raise GraphError(f"DeepTN {self.name!r}: the last operator's axes hold {got}, the weight's "
+                                     f"are {self.axes}")
             dup = seen.intersection(op.nodes)
             if dup:
                 raise GraphError(f"DeepTN {self.name!r}: node names must be unique across operators, "
@@ -348,9 +375,9 @@ class DeepTN:
 
     def draw(self, path: str | Path | None = None, layers: Sequence[int] | None = None) -> Any:
         """Draw the operators (default: all) side by side with ``adtn.draw``; returns the figure."""
-        from .draw import draw
-
         import matplotlib
+
+        from .draw import draw
 
         if path is not None:
             matplotlib.use("Agg", force=False)

@@ -11,10 +11,12 @@ Two executors give the same numbers (tests check it):
   neighbouring legs (``adtn.deep.windows``); each window's gates are multiplied into one small
   2^w x 2^w matrix and applied to the state in ONE matmul over the state viewed as
   (2^lo, 2^w, rest), which keeps the state's leg order, so no permutation copies are made.
-  The planner's pairwise steps need a transpose copy per gate and, on a 2^24 state, a pass
-  costs 30-70 ms; a brick-wall layer of 23 gates takes 9-10 windows here. Operator 0 starts
-  from the single entry of the empty state and grows it window by window (legs not reached
-  yet are still the boundary vectors), so building the first state costs about one pass.
+  The planner's pairwise steps cost a transpose copy per step on top of the product, and on
+  a 2^24 state every pass costs 10-70 ms here; a brick-wall layer of 23 gates takes 6 windows
+  of 5 legs at Q = 24. Operator 0 starts from the single entry of the empty state and grows
+  it window by window (legs not reached yet are still the boundary vectors), so building the
+  first state costs about one pass. Backward passes are hand-written (``_RowMatmul``,
+  ``_MiddleMatmul``) so that no state is transposed into a copy.
 
 The 2^Q x 2^Q layer matrices are never formed. The global scale multiplies one gate of the
 last operator (the network is linear in it), so it costs no pass over the state.
@@ -22,17 +24,16 @@ last operator (the network is linear in it), so it costs no pass over the state.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .deep import PREV, DeepTN, trace_gates, windows
+from .deep import PREV, DeepTN, fused_schedule
 from .errors import AdtnError, GraphError, ShapeError
 from .initializers import fixed_tensor, identity_like
 from .module import _Buffers
@@ -40,7 +41,7 @@ from .plan import Cost, Plan, execute, plan
 
 __all__ = ["DeepTNModule", "GateInit"]
 
-GateInit = Union[str, Mapping[str, torch.Tensor], Callable[[str, tuple[int, ...]], torch.Tensor]]
+GateInit = str | Mapping[str, torch.Tensor] | Callable[[str, tuple[int, ...]], torch.Tensor]
 
 
 class DeepTNModule(nn.Module):
@@ -51,6 +52,8 @@ class DeepTNModule(nn.Module):
         init: ``"identity"`` (identity + N(0, ``noise``) per gate; a boundary gate keeps the
             ``[:, :, 0, 0]`` slice), a dict gate name -> tensor, or a callable ``(name, shape)``.
         noise: std of the noise added to the identity gates.
+        std: the decoded weight's std at init, which sets the fixed scale (default
+            1/sqrt(fan_in)); ignored when the DeepTN was built with an explicit ``scale``.
         checkpoint: recompute each layer m >= 1 in backward instead of keeping its states.
         executor: ``"auto"`` (fused when possible), ``"fused"`` or ``"planner"`` (see the module doc).
         window: the most neighbouring legs one fused window acts on (its matrix is 2^window wide).
@@ -63,12 +66,13 @@ class DeepTNModule(nn.Module):
         init: GateInit = "identity",
         *,
         noise: float = 0.5,
+        std: float | None = None,
         dtype: torch.dtype | None = None,
         device: Any = None,
         seed: int | None = None,
         checkpoint: bool = False,
         executor: str = "auto",
-        window: int = 4,
+        window: int = 5,
         optimize: str | Any = "auto",
         memory_limit: int | None = None,
     ) -> None:
@@ -92,17 +96,18 @@ class DeepTNModule(nn.Module):
         self.executor, self._windows, self._vectors = _fused_schedule(deep, executor, window)
         self.gain = nn.Parameter(torch.ones((), dtype=dtype, device=device)) if deep.learn_scale else None
         self.register_buffer("scale", torch.ones((), dtype=dtype, device=device))
-        self.scale.fill_(deep.scale if deep.scale is not None else self._fan_in_scale())
+        target = 1 / math.sqrt(deep.fan_in) if std is None else float(std)
+        self.scale.fill_(deep.scale if deep.scale is not None else self._init_scale(target))
 
-    def _fan_in_scale(self) -> float:
-        """1 / (sqrt(fan_in) * std of the unscaled decoded weight): the weight's std at init is 1/sqrt(fan_in)."""
+    def _init_scale(self, target: float) -> float:
+        """``target`` / std of the unscaled, cropped weight: the decoded weight's std at init is ``target``."""
         with torch.no_grad():
-            raw = self._decode(torch.ones((), dtype=self.scale.dtype, device=self.scale.device))
+            raw = self._decode(torch.ones((), dtype=self.scale.dtype, device=self.scale.device))[: self.deep.size]
             std = float(raw.std()) if raw.numel() > 1 else float(raw.abs().sum())
         if not math.isfinite(std):
             raise AdtnError(f"adtn: the decoded weight at init is not finite (depth {self.deep.depth}, Q {self.deep.q}); "
                             "lower the init noise or pass scale=")
-        return (1.0 if std == 0.0 else 1.0 / std) / math.sqrt(self.deep.fan_in)
+        return target if std == 0.0 else target / std
 
     # ------------------------------------------------------------------ planning
     def plan(self, layer: int, feed: Sequence[str] = (), batch: int | None = None) -> Plan:
@@ -119,15 +124,30 @@ class DeepTNModule(nn.Module):
         if feed and self._streams(feed):
             p = self.plan(0, feed, batch or 1)
             return Cost(p.cost.flops, p.cost.largest_intermediate, self.deep.num_params, p.cost.path, p.cost.optimizer)
-        plans = [self.plan(m, (PREV,) if m else (), 1 if m else None) for m in range(self.deep.depth)]
         n = 2**self.deep.q
-        flops = sum(p.cost.flops for p in plans) + n * (self.deep.depth - 1)
-        largest = max(p.cost.largest_intermediate for p in plans)
+        if self.executor == "fused":
+            flops, largest = self._fused_flops(), n
+        else:
+            plans = [self.plan(m, (PREV,) if m else (), 1 if m else None) for m in range(self.deep.depth)]
+            flops = sum(p.cost.flops for p in plans)
+            largest = max(p.cost.largest_intermediate for p in plans)
+        flops += n * (self.deep.depth - 1)  # the activations
         if feed:
             rows = math.prod(self.deep.axes[ax] for ax in feed)
             flops += 2 * (batch or 1) * self.deep.size
             largest = max(largest, (batch or 1) * (self.deep.size // rows))
         return Cost(int(flops), int(largest), self.deep.num_params, (), f"deep:{self.deep.depth} layers")
+
+    def _fused_flops(self) -> int:
+        """Multiply-adds x 2 of the fused windows' matmuls (the small window matrices not counted)."""
+        flops = 0
+        for layer, wins in enumerate(self._windows):
+            e = self.deep.q if layer else 0
+            for lo, hi, _ in wins:
+                e = max(e, lo)
+                flops += 2 * 2 ** (e + hi - lo)
+                e = max(e, hi)
+        return flops
 
     # ------------------------------------------------------------------ contraction
     @property
@@ -176,7 +196,7 @@ class DeepTNModule(nn.Module):
         for lo, hi, gates in self._windows[layer]:
             m = _window_matrix([(tensors[name], a - lo) for name, a in gates], hi - lo)
             if lo > e:  # legs e..lo-1 stay boundary vectors under this window: store them first
-                psi, e = torch.kron(psi, self._boundary(e, lo)), lo
+                psi, e = torch.kron(psi.reshape(-1), self._boundary(e, lo)), lo
             psi, e = _apply_window(psi, e, m, lo, hi, self._boundary(e, hi) if hi > e else None)
         return psi
 
@@ -199,7 +219,7 @@ class DeepTNModule(nn.Module):
             s = scale if m == depth - 1 else None
             state = self._activate(state, inplace=fused and not ckpt)
             state = _checkpoint(run, m, state, s, use_reentrant=False) if ckpt else run(m, state, s)
-        return state
+        return state.reshape(-1)
 
     def dense(self) -> torch.Tensor:
         """The weight, shaped like the axes: the first prod(axes) decoded entries, times the scale."""
@@ -286,64 +306,129 @@ def _initial_gates(
 
 
 def _fused_schedule(deep: DeepTN, executor: str, width: int) -> tuple[str, list, dict[int, str]]:
-    """(executor, windows per layer as (lo, hi, [(gate, first leg)]), boundary node per leg)."""
+    """(executor, windows per layer, boundary node per leg) for the executor option."""
     if executor not in ("auto", "fused", "planner"):
         raise AdtnError(f"DeepTNModule: unknown executor {executor!r}; valid: ['auto', 'fused', 'planner']")
     if isinstance(width, bool) or not isinstance(width, int) or width < 2:
         raise AdtnError(f"DeepTNModule: window must be an integer >= 2 (legs per fused pass), got {width!r}")
     if executor == "planner":
         return "planner", [], {}
-    schedule = []
-    for m, op in enumerate(deep.operators):
-        gates = trace_gates(op, m, deep.q)
-        if isinstance(gates, str):
-            if executor == "fused":
-                raise AdtnError(f"DeepTNModule: executor 'fused' cannot run operator {m} ({op.name!r}): {gates}")
-            return "planner", [], {}
-        wins = windows([(a, b) for _, a, b in gates], deep.q, width)
-        schedule.append([(lo, hi, [(gates[k][0], gates[k][1]) for k in idx]) for lo, hi, idx in wins])
-    vectors = {}
-    op = deep.operators[0]
-    for name, a, b in trace_gates(op, 0, deep.q):
-        for leg, j in (("i0", a), ("i1", b)):
-            partner = op.partner((name, leg)) if leg in op.legs(name) else None
-            if partner is not None and op.node(partner.node)["role"] == "fixed":
-                vectors[j] = partner.node
-    return "fused", schedule, vectors
+    schedule = fused_schedule(deep, width)
+    if isinstance(schedule, str):
+        if executor == "fused":
+            raise AdtnError(f"DeepTNModule: executor 'fused' cannot run this DeepTN: {schedule}")
+        return "planner", [], {}
+    return "fused", *schedule
 
 
 def _window_matrix(gates: Sequence[tuple[torch.Tensor, int]], width: int) -> torch.Tensor:
     """The 2^width x 2^width matrix of ``gates`` (tensor, first leg in the window), applied in order.
 
     A boundary gate (its 2x2 slice [:, :, 0, 0]) becomes the 4x4 map that reads only input 00.
+    Element-wise products and sums, not BLAS: these matrices are tiny, and a BLAS call on them
+    mostly waits for its thread pool.
     """
     m = None
     for g, k in gates:
         g = F.pad(g.reshape(4, 1), (0, 3)) if g.dim() == 2 else g.reshape(4, 4)
         if m is None:
-            eye = functools.partial(torch.eye, dtype=g.dtype, device=g.device)
-            m = torch.kron(torch.kron(eye(2**k), g), eye(2 ** (width - k - 2)))
-        else:
-            m = torch.matmul(g, m.reshape(2**k, 4, -1)).reshape(2**width, 2**width)
-    return m
+            m = torch.eye(2**width, dtype=g.dtype, device=g.device)
+        m = (g.reshape(1, 4, 4, 1) * m.reshape(2**k, 1, 4, -1)).sum(2)  # g on output legs k, k+1
+    return m.reshape(2**width, 2**width)
 
 
 def _apply_window(
     psi: torch.Tensor, e: int, m: torch.Tensor, lo: int, hi: int, fresh: torch.Tensor | None
 ) -> tuple[torch.Tensor, int]:
-    """Apply the window matrix ``m`` on legs [lo, hi) of ``psi`` (legs [0, e) stored, flat).
+    """Apply the window matrix ``m`` on legs [lo, hi) of ``psi`` (legs [0, e) stored, row-major).
 
     Legs e..hi-1 (when hi > e) still hold the boundary vectors, whose product ``fresh`` is
-    contracted into ``m``'s columns, so ``psi`` grows to hi legs. One matmul, leg order kept.
+    contracted into ``m``'s columns, so ``psi`` grows to hi legs. One matmul, leg order kept;
+    the result is a fresh contiguous tensor (not a view, so an in-place activation is cheap).
     """
     n = hi - lo
     if hi > e:
-        m = torch.matmul(m.reshape(2**n, 2 ** (e - lo), 2 ** (hi - e)), fresh)
-        return (psi.reshape(2**lo, 2 ** (e - lo)) @ m.T).reshape(-1), hi
+        m = (m.reshape(2**n, 2 ** (e - lo), 2 ** (hi - e)) * fresh).sum(-1)
+        return _RowMatmul.apply(psi.reshape(2**lo, 2 ** (e - lo)), m), hi
     post = 2 ** (e - hi)
     if post == 1:
-        return (psi.reshape(2**lo, 2**n) @ m.T).reshape(-1), e
-    return torch.matmul(m, psi.reshape(2**lo, 2**n, post)).reshape(-1), e
+        return _RowMatmul.apply(psi.reshape(2**lo, 2**n), m), e
+    return _MiddleMatmul.apply(m, psi.reshape(2**lo, 2**n, post)), e
+
+
+def _chunks(rows: int, entries: int) -> int:
+    """How many chunks to split ``rows`` into so that each partial product holds <= _CHUNK entries."""
+    return max(1, min(rows // _ROWS, _CHUNK // entries))
+
+
+class _RowMatmul(torch.autograd.Function):
+    """``s @ m.T`` for a tall s (rows, n_in): the window on the last legs, or a growing state.
+
+    The gradient of the small ``m`` is a sum over row chunks of batched products: one GEMM with
+    an inner dimension of 2^20 runs far below the memory bandwidth.
+    """
+
+    @staticmethod
+    def forward(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return s @ m.T
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        s, m = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_s = grad @ m if ctx.needs_input_grad[0] else None
+        grad_m = None
+        if ctx.needs_input_grad[1]:
+            rows, n_out, n_in = s.shape[0], m.shape[0], m.shape[1]
+            c = _chunks(rows, n_out * n_in)
+            grad_m = torch.bmm(grad.reshape(c, rows // c, n_out).transpose(1, 2), s.reshape(c, rows // c, n_in)).sum(0)
+        return grad_s, grad_m
+
+
+class _MiddleMatmul(torch.autograd.Function):
+    """``m @ s[p]`` for every p of s (pre, n, post), with a backward that copies no state.
+
+    With ``m`` requiring grad, torch.matmul folds s into a transposed copy and its backward
+    transposes again; here every product is a bmm against the expanded ``m`` (no copy), and
+    the gradient of ``m`` is a sum of batched products with a transposed operand (strided
+    BLAS), in chunks that keep the (chunk, n, n) partial products small.
+    """
+
+    @staticmethod
+    def forward(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(m.expand(s.shape[0], -1, -1), s)  # torch.matmul may fold s into a transposed copy
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        m, s = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_s = torch.bmm(m.T.contiguous().expand(s.shape[0], -1, -1), grad) if ctx.needs_input_grad[1] else None
+        grad_m = None
+        if ctx.needs_input_grad[0]:
+            pre, n, post = s.shape
+            if post >= n:  # sum over p of (n x post) @ (post x n): batched, transposed operand
+                chunk = max(1, min(pre, _CHUNK // (n * n)))
+                parts = (torch.bmm(grad[k : k + chunk], s[k : k + chunk].transpose(1, 2)).sum(0)
+                         for k in range(0, pre, chunk))
+            else:  # thin products: regroup a cache-sized chunk as (n, chunk * post) and use one GEMM
+                chunk = max(1, min(pre, _CHUNK // (n * post)))
+                parts = (grad[k : k + chunk].transpose(0, 1).reshape(n, -1)
+                         @ s[k : k + chunk].transpose(0, 1).reshape(n, -1).T for k in range(0, pre, chunk))
+            for part in parts:
+                grad_m = part if grad_m is None else grad_m + part
+        return grad_m, grad_s
+
+
+_ROWS = 1 << 10  # the fewest rows per chunk in _RowMatmul's backward
+_CHUNK = 1 << 18  # entries of one chunk's partial products (or regrouped copies) in the backward passes
 
 
 def _axes(axis: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -227,6 +227,14 @@ class TNModule(nn.Module):
         if t.dtype != self.dtype:
             raise AdtnError(f"{where}: dtype {t.dtype} does not match the module's {self.dtype}; cast one of them")
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without caches: plans are rebuilt on demand, a cached weight is stale data."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_plans"] = {}
+        state["_dense_cache"] = None
+        return state
+
     def extra_repr(self) -> str:
         axes = ", ".join(f"{ax}={size}" for ax, size in self.graph.axis_sizes.items())
         return f"graph={self.graph.name!r}, nodes={len(self.graph)}, params={self.graph.num_params:,}, axes=({axes})"
@@ -243,12 +251,25 @@ def _compiling() -> bool:
     return bool(compiler and compiler.is_compiling())
 
 
-def compile(graph: TensorGraph, init: InitSpec | torch.Tensor = "normal", **options: Any) -> TNModule:  # noqa: A001
-    """Compile a graph into a ``TNModule`` (see its docstring for the options).
+def compile(graph: Any, init: InitSpec | torch.Tensor = "normal", **options: Any) -> nn.Module:  # noqa: A001
+    """Compile a TensorGraph into a ``TNModule`` (see its docstring for the options), or a
+    deep ADTN structure (``DeepTN``) into a ``DeepTNModule``.
 
     ``init`` may also be a dense tensor shaped like ``dense()``: the template that built the
     graph initialises from it exactly when it can (TT-SVD, HOSVD, ...), else ``adtn.fit``.
     """
+    from .deep import DeepTN
+
+    if isinstance(graph, DeepTN):
+        from .deep_module import DeepTNModule
+
+        if isinstance(init, torch.Tensor):
+            from .fitting import fit
+
+            module = DeepTNModule(graph, **options)
+            fit(module, init.to(dtype=module.dtype, device=module.device))
+            return module
+        return DeepTNModule(graph, "identity" if init == "normal" else init, **options)
     if isinstance(init, torch.Tensor):
         from .fitting import initialize
 

@@ -28,9 +28,17 @@ def test_info_reports_bad_file(capsys):
 
 
 @pytest.mark.parametrize("command", ["demo", "info", "draw"])
-def test_help_is_complete(command):
-    out = subprocess.run([sys.executable, "-m", "adtn.cli", command, "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "usage: adtn " + command in out.stdout
+def test_help_is_complete(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: adtn " + command in text and "--" in text
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "adtn.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "{demo,info,draw}" in out.stdout
 
 
 def test_demo_leaves_autograd_on(tmp_path):

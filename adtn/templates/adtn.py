@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from ..deep import ACTIVATIONS, LAYOUTS, PREV, STATE, DeepTN, gate_pairs, num_legs, operator_graph
 from ..errors import ShapeError, TemplateError
 from .registry import register
-from .tucker import check_axes, positive_int
 
 __all__ = ["adtn_params", "boundary_gates", "build", "check_options"]
 
@@ -42,11 +41,12 @@ def check_options(
     scale: float | None = None,
 ) -> tuple[dict[str, int], int, tuple[int, int]]:
     """Checked (sizes, Q, column order); raises ``TemplateError``/``ShapeError`` that name the option."""
-    sizes = check_axes(axes, "adtn")
+    sizes = _check_axes(axes)
     reserved = [ax for ax in sizes if ax in (STATE, PREV)]
     if reserved:
         raise TemplateError(f"adtn: axis names {[STATE, PREV]} are reserved for the state, got axis {reserved[0]!r}")
-    positive_int(depth, "adtn: depth", TemplateError)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise TemplateError(f"adtn: depth must be a positive integer (the number of gate layers), got {depth!r}")
     if layout not in LAYOUTS:
         raise TemplateError(f"adtn: unknown layout {layout!r}; valid: {list(LAYOUTS)}")
     order = tuple(column_order) if isinstance(column_order, Sequence) else column_order
@@ -62,6 +62,18 @@ def check_options(
         raise ShapeError(f"adtn: a weight needs at least 3 entries (2 legs of size 2), axes {sizes} hold "
                          f"{math.prod(sizes.values())}")
     return sizes, q, order
+
+
+def _check_axes(axes: Mapping[str, int]) -> dict[str, int]:
+    if not isinstance(axes, Mapping) or not axes:
+        raise ShapeError(f"adtn: axes must be a non-empty mapping name -> size, e.g. {{'out': 4096, 'in': 4096}}, "
+                         f"got {axes!r}")
+    for name, size in axes.items():
+        if not isinstance(name, str) or not name:
+            raise ShapeError(f"adtn: axis names must be non-empty strings, got {name!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ShapeError(f"adtn: axis {name!r} must have a positive integer size, got {size!r}")
+    return dict(axes)
 
 
 def boundary_gates(q: int, layout: str = "brickwall", column_order: Sequence[int] = (0, 1)) -> int:

@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import RankError, TemplateError
 from ..graph import TensorGraph
 from .factor import Bound, enforce_ranks, ranks_list, resolve_modes, weight_axes
+from .init_ht import init_ht
 from .registry import register
 
 __all__ = ["build_ht", "ht_params", "ht_tree"]
@@ -184,7 +185,7 @@ def ht_params(
     return _spec(axes, rank, modes, d, clip, options).num_params
 
 
-@register("ht", formula=ht_params)
+@register("ht", formula=ht_params, init=init_ht)
 def build_ht(
     axes: Mapping[str, int],
     *,

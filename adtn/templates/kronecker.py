@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from ..errors import ShapeError, TemplateError
 from ..graph import TensorGraph
 from .factor import check_rank
+from .init_sums import init_kronecker
 from .registry import register
 from .tucker import check_axes, per_axis, positive_int
 
@@ -98,7 +99,7 @@ def kronecker_params(
     return rank * (math.prod(a.values()) + math.prod(b.values()))
 
 
-@register("kronecker", formula=kronecker_params)
+@register("kronecker", formula=kronecker_params, init=init_kronecker)
 def kronecker(
     axes: Mapping[str, int], *, rank: int, factors: tuple[Shape | None, Shape | None] | None = None
 ) -> TensorGraph:

@@ -54,6 +54,7 @@ from typing import Any
 from ..errors import ShapeError, TemplateError
 from ..graph import TensorGraph
 from .factor import enforce_ranks, ranks_list
+from .init_chain import init_semi_tr, init_semi_tt
 from .registry import register
 from .tt import Chain, Site, bond_names, chain_bounds, chain_sites
 
@@ -148,7 +149,7 @@ def semi_tr_params(
     return _semi_chain(axes, rank, modes, d, t, clip, True, "semi_tr", options).num_params
 
 
-@register("semi_tt", formula=semi_tt_params)
+@register("semi_tt", formula=semi_tt_params, init=init_semi_tt)
 def build_semi_tt(
     axes: Mapping[str, int],
     *,
@@ -173,7 +174,7 @@ def build_semi_tt(
     return _semi_chain(axes, rank, modes, d, t, clip, False, "semi_tt", options).graph("semi_tt")
 
 
-@register("semi_tr", formula=semi_tr_params)
+@register("semi_tr", formula=semi_tr_params, init=init_semi_tr)
 def build_semi_tr(
     axes: Mapping[str, int],
     *,

@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import TemplateError
 from ..graph import TensorGraph
 from .factor import Bound, enforce_ranks, ranks_list, resolve_modes, weight_axes
+from .init_chain import init_tr, init_tt
 from .registry import register
 
 __all__ = [
@@ -191,7 +192,7 @@ def tr_params(
     return _chain(axes, rank, modes, d, clip, True, "tr", options).num_params
 
 
-@register("tt", formula=tt_params)
+@register("tt", formula=tt_params, init=init_tt)
 def build_tt(
     axes: Mapping[str, int],
     *,
@@ -213,7 +214,7 @@ def build_tt(
     return _chain(axes, rank, modes, d, clip, False, "tt", options).graph("tt")
 
 
-@register("tr", formula=tr_params)
+@register("tr", formula=tr_params, init=init_tr)
 def build_tr(
     axes: Mapping[str, int],
     *,

@@ -1,0 +1,363 @@
+"""The user-facing entry points: ``encode`` a torch layer as a TN layer; ``save`` / ``load`` compressed models.
+
+Also the option language they share with the layers' constructors: ``resolve`` turns
+``template``, ``rank`` / ``depth`` / ``budget`` / ``tol`` and ``modes`` into a template, padded
+axes and build options; ``initialize`` sets a layer's network from a dense weight.
+
+    layer = adtn.encode(nn.Linear(4096, 4096), template="adtn", depth=1)
+    layer = adtn.encode(conv, template="kronecker", rank=8)
+    layer = adtn.encode(linear, template="tt", budget=0.05, init="decompose")
+    adtn.save(model, "model.pt"); model = adtn.load("model.pt")
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import torch
+from torch import nn
+
+from .errors import AdtnError, RankError, SchemaError, ShapeError, TemplateError
+from .graph import TensorGraph
+from .templates import Template, get, names
+from .templates.factor import default_modes, factorize
+
+if TYPE_CHECKING:
+    from .layers import TNLayer
+
+__all__ = ["FORMAT", "INITS", "Spec", "encode", "initialize", "load", "resolve", "save", "tol_structure"]
+
+FORMAT = "adtn.model/1"
+SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d"
+INITS = ("auto", "decompose", "fit", "random")
+_MAX_SIZE = 2**24  # search bound of the rank (or depth) that fits a budget
+
+
+# ---------------------------------------------------------------------- options -> structure
+@dataclass(frozen=True)
+class Spec:
+    """A template with the axes (padded where needed) and build options it is called with."""
+
+    template: Template
+    axes: dict[str, int]
+    kwargs: dict[str, Any]
+
+    def build(self) -> Any:
+        return self.template.build(self.axes, **self.kwargs)
+
+
+def _template_params(t: Template) -> dict[str, inspect.Parameter]:
+    sig = inspect.signature(t.build)
+    return {n: p for n, p in list(sig.parameters.items())[1:] if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def _balanced(n: int, d: int) -> tuple[int, tuple[int, ...]]:
+    """The smallest size >= n whose d balanced modes are not lopsided (a prime n gets padded)."""
+    for size in range(n, 2 * n + 2):
+        modes = factorize(size, d)
+        if d == 1 or modes[0] <= 2 * math.ceil(size ** (1.0 / d) - 1e-9):
+            return size, modes
+    return n, factorize(n, d)  # pragma: no cover - a power of two lies in [n, 2n]
+
+
+def _modes(where: str, axes: dict[str, int], modes: Any, d: int | None, nouns: Mapping[str, str]):
+    """(padded axes, (out_modes, in_modes)): the user's modes checked, or balanced ones."""
+    out, inn = list(axes)[:2]
+    if modes is not None:
+        if isinstance(modes, Mapping) and set(modes) == {out, inn}:
+            pair = (modes[out], modes[inn])
+        elif isinstance(modes, Sequence) and not isinstance(modes, str) and len(modes) == 2:
+            pair = tuple(modes)
+        else:
+            raise ShapeError(f"{where}: modes must be a pair (out_modes, in_modes) or a dict by axis, got {modes!r}")
+        for ax, m in zip((out, inn), pair):
+            if not isinstance(m, Sequence) or not all(isinstance(k, numbers.Integral) and k > 0 for k in m):
+                raise ShapeError(f"{where}: {ax} modes must be a sequence of positive integers, got {m!r}")
+            if math.prod(m) != axes[ax]:
+                raise ShapeError(
+                    f"{where}: {ax} modes {tuple(m)} multiply to {math.prod(m)}, but the layer has "
+                    f"{axes[ax]} {nouns[ax]}"
+                )
+        return dict(axes), (tuple(int(k) for k in pair[0]), tuple(int(k) for k in pair[1]))
+    if d is None:
+        d = max(2, len(default_modes(axes)[out]))
+    (n_out, m_out), (n_in, m_in) = _balanced(axes[out], d), _balanced(axes[inn], d)
+    return {**axes, out: n_out, inn: n_in}, (m_out, m_in)
+
+
+def _knob_for_budget(where: str, t: Template, axes: dict[str, int], knob: str, kwargs: dict, budget: float,
+                     dense: int) -> int:
+    """The largest ``knob`` (rank, or depth) whose parameter count is at most budget * dense."""
+    target = budget * dense
+
+    def count(r: int) -> int | None:
+        try:
+            return t.formula(axes, **kwargs, **{knob: r})
+        except AdtnError:
+            return None
+
+    # the smallest valid size: ranks of semi-tensor templates must divide by t, so sizes are
+    # searched as multiples of it
+    step = next((r for r in range(1, 65) if count(r) is not None), None)
+    first = count(step) if step is not None else None
+    if first is None or first > target:
+        raise RankError(
+            f"{where}: budget {budget} ({target:,.0f} of {dense:,} parameters) is below the smallest "
+            f"{t.name!r} ({knob}={step or 1}: {first if first is not None else 'invalid'} parameters)"
+        )
+
+    def fits(k: int) -> int | None:
+        p = count(k * step)
+        return p if p is not None and p <= target else None
+
+    lo, hi, p_lo = 1, None, first
+    while lo * step < _MAX_SIZE:
+        p = fits(2 * lo)
+        if p is None:
+            hi = 2 * lo
+            break
+        if p == p_lo:  # clipped ranks: larger values change nothing
+            break
+        lo, p_lo = 2 * lo, p
+    while hi is not None and hi - lo > 1:
+        mid = (lo + hi) // 2
+        p = fits(mid)
+        if p is None:
+            hi = mid
+        else:
+            lo, p_lo = mid, p
+    small, big = 1, lo  # the smallest value giving the same count (clipped ranks plateau)
+    while small < big:
+        mid = (small + big) // 2
+        if count(mid * step) == p_lo:
+            big = mid
+        else:
+            small = mid + 1
+    return small * step
+
+
+def resolve(
+    where: str,
+    template: str,
+    axes: Mapping[str, int],
+    kind: str,
+    *,
+    rank: Any = None,
+    depth: int | None = None,
+    budget: float | None = None,
+    modes: Any = None,
+    tol: float | None = None,
+    options: Mapping[str, Any] | None = None,
+    nouns: Mapping[str, str] | None = None,
+) -> Spec:
+    """Turn a layer's options into a template, padded axes and build options.
+
+    ``budget`` picks the largest uniform rank (or depth, for templates sized by depth) whose
+    closed-form parameter count is at most ``budget`` times the dense weight's; with ``tol``
+    the size is left to the template's initialiser.
+    """
+    t = get(template)
+    if kind not in t.kinds:
+        fits = [n for n in names() if kind in get(n).kinds]
+        raise TemplateError(f"{where}: template {t.name!r} does not fit {kind} weights; templates for {kind}: {fits}")
+    params = _template_params(t)
+    knob = "rank" if "rank" in params else "depth" if "depth" in params else None
+    kwargs = dict(options or {})
+    axes = dict(axes)
+    dense = math.prod(axes.values())
+    for name, value in (("rank", rank), ("depth", depth)):
+        if value is not None and name not in params:
+            size = f"its size is set by {knob}= or budget=" if knob else "it has no size option"
+            raise TemplateError(f"{where}: template {t.name!r} takes no {name}=; {size}")
+    given = {k: v for k, v in (("rank", rank), ("depth", depth), ("budget", budget), ("tol", tol)) if v is not None}
+    sizing = [k for k in given if k in (knob, "budget", "tol")]
+    if len(sizing) > 1:
+        raise RankError(f"{where}: give one of {knob}=, budget= or tol=, got " + ", ".join(f"{k}={given[k]!r}"
+                                                                                        for k in sizing))
+    if "modes" in params:
+        d = kwargs.pop("d", None) if "d" in params else None
+        axes, kwargs["modes"] = _modes(where, axes, modes, d, nouns or {ax: f"{ax} features" for ax in axes})
+    elif modes is not None:
+        takers = [n for n in names() if "modes" in _template_params(get(n))]
+        raise TemplateError(f"{where}: template {t.name!r} takes no modes=; templates with modes: {takers}")
+    if depth is not None and knob != "depth":
+        kwargs["depth"] = depth
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 < budget:
+            raise RankError(f"{where}: budget is a fraction of the dense parameters, > 0, got {budget!r}")
+        if knob is None or t.formula is None:
+            raise TemplateError(f"{where}: budget= needs template {t.name!r} to have a size option and a "
+                                "parameter formula; pass its options directly")
+        if "clip" in params and "clip" not in kwargs:
+            kwargs["clip"] = True
+        kwargs[knob] = _knob_for_budget(where, t, axes, knob, kwargs, float(budget), dense)
+    elif knob is not None and given.get(knob) is not None:
+        kwargs[knob] = given[knob]
+    elif knob is not None and tol is None and params[knob].default is inspect.Parameter.empty:
+        raise RankError(f"{where}: template {t.name!r} needs a size: pass {knob}=, budget= (a fraction of the "
+                        "dense parameters) or tol=")
+    return Spec(t, axes, kwargs)
+
+
+
+# ---------------------------------------------------------------------- dense weight -> tensors
+def _same_structure(a: Any, b: Any) -> bool:
+    if isinstance(a, TensorGraph) and isinstance(b, TensorGraph):
+        return a.structure_hash() == b.structure_hash()
+    return a == b
+
+
+def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_options: Mapping | None = None) -> None:
+    """Set ``layer.tn`` from a dense weight, in place.
+
+    ``"auto"``: the template's SVD-family initialiser when it has one, else ``adtn.fit``;
+    ``"decompose"``: the initialiser or an error; ``"fit"``: gradient descent; ``"random"``: nothing.
+    """
+    if init not in INITS:
+        raise AdtnError(f"init must be one of {list(INITS)}, got {init!r}")
+    if init == "random":
+        return
+    target = layer.pad_weight(dense.detach())
+    t = get(layer.template)
+    if init in ("auto", "decompose") and t.init is not None:
+        graph, tensors = t.init(target, layer.tn_axes, **layer.template_options)
+        if not _same_structure(graph, layer.structure):
+            raise AdtnError(f"{type(layer).__name__}: template {t.name!r} initialised a different structure than "
+                            f"the layer's ({graph} vs {layer.structure}); options {layer.template_options}")
+        layer.load_node_tensors(tensors)
+        return
+    if init == "decompose":
+        raise AdtnError(f"{type(layer).__name__}: init='decompose' needs an SVD-family initialiser, and template "
+                        f"{t.name!r} has none; use init='fit' (gradient descent) or 'auto'")
+    try:
+        from .fitting import fit
+    except ImportError:  # pragma: no cover - fitting ships with adtn
+        warnings.warn(f"{type(layer).__name__}: no initialiser for template {t.name!r} and adtn.fit is not "
+                      "available: the layer keeps its random init", stacklevel=3)
+        return
+    fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **dict(fit_options or {}))
+
+
+def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes, init, options):
+    """(structure, node tensors) from the template's initialiser at the smallest size reaching ``tol``."""
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol:
+        raise RankError(f"{where}: tol is a relative Frobenius error > 0, got {tol!r}")
+    axes = cls.weight_axes(**args)
+    spec = resolve(where, template, axes, cls.kind, rank=rank, depth=depth, budget=budget, tol=tol, modes=modes,
+                   options=options, nouns=cls.nouns)
+    t = spec.template
+    if init not in ("auto", "decompose"):
+        raise RankError(f"{where}: tol needs init='decompose' (the template's SVD-family initialiser), got "
+                        f"init={init!r}")
+    if t.init is None:
+        raise RankError(f"{where}: tol needs init='decompose', and template {t.name!r} has no SVD-family "
+                        "initialiser; pass rank= or budget=")
+    dense = weight.detach()
+    if spec.axes != axes:
+        padded = dense.new_zeros(tuple(spec.axes.values()))
+        padded[tuple(slice(0, n) for n in axes.values())] = dense
+        dense = padded
+    return t.init(dense, spec.axes, tol=float(tol), **spec.kwargs)
+
+
+
+
+def encode(
+    layer: nn.Module,
+    template: str = "adtn",
+    *,
+    depth: int | None = None,
+    rank: Any = None,
+    budget: float | None = None,
+    tol: float | None = None,
+    modes: Any = None,
+    init: str = "auto",
+    forward: str = "auto",
+    fit_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> TNLayer:
+    """A drop-in TN layer approximating ``layer`` (``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d``).
+
+    Args:
+        layer: the torch layer; its weight initialises the network, its bias is copied.
+        template: a registered template (``adtn.templates.names()``).
+        depth, rank: the template's size, whichever it takes.
+        budget: instead, a fraction of the dense weight's parameters: the largest uniform
+            rank (or depth) whose closed-form parameter count fits in it.
+        tol: instead, a relative Frobenius error; the template's SVD-family initialiser picks
+            the smallest ranks reaching it (needs ``init`` "auto" or "decompose").
+        modes: ``(out_modes, in_modes)`` for templates that split axes into modes; balanced
+            when None, a badly factorable (prime) size zero-padded.
+        init: ``"auto"`` (the template's initialiser if any, else ``adtn.fit``),
+            ``"decompose"`` (the initialiser, or an error), ``"fit"``, or ``"random"``.
+        forward: ``"auto"`` (cheaper of rebuild and streaming, per input shape), ``"dense"``, ``"direct"``.
+        fit_options: keyword arguments of ``adtn.fit`` when fitting runs.
+        **options: further template options.
+
+    Returns:
+        A ``TNLinear``, ``TNConv1d`` or ``TNConv2d`` on the layer's device and dtype.
+    """
+    from .layers import TNConv1d, TNConv2d, TNLayer, TNLinear
+
+    kw = {"depth": depth, "rank": rank, "budget": budget, "tol": tol, "modes": modes, "init": init,
+          "forward": forward, "fit_options": fit_options, **options}
+    if isinstance(layer, TNLayer):
+        raise AdtnError(f"encode: {type(layer).__name__} is already a TN layer")
+    if isinstance(layer, nn.Linear):
+        return TNLinear.from_linear(layer, template, **kw)
+    if isinstance(layer, nn.Conv2d):
+        return TNConv2d.from_conv2d(layer, template, **kw)
+    if isinstance(layer, nn.Conv1d):
+        return TNConv1d.from_conv1d(layer, template, **kw)
+    kind = type(layer)
+    name = f"nn.{kind.__name__}" if kind.__module__.startswith("torch.nn") else kind.__name__
+    raise AdtnError(f"encode: {name} is not supported; supported: {SUPPORTED}")
+
+
+def _manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Per TN layer: class, template and its structure as JSON (readable without unpickling torch modules)."""
+    from .layers import TNLayer
+
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, TNLayer):
+            layers[name or "."] = {"class": type(module).__name__, "template": module.template,
+                                   "axes": dict(module.axes), "structure": module.structure.to_json()}
+    return layers
+
+
+def save(model: nn.Module, path: str | Path | BinaryIO) -> None:
+    """Save a model holding TN layers (any ``nn.Module``) so that ``load`` returns it, outputs bit-exact.
+
+    The file holds ``{"format": "adtn.model/1", "model": <the pickled module>, "layers": {...}}``;
+    each TN layer's structure is also kept as JSON under ``layers``.
+    """
+    if not isinstance(model, nn.Module):
+        raise AdtnError(f"save: model must be an nn.Module, got {type(model).__name__}")
+    for module in model.modules():  # rebuilt weights are caches: do not store them
+        if getattr(module, "_dense_cache", None) is not None:
+            module._dense_cache = None
+    from . import __version__
+
+    payload = {"format": FORMAT, "adtn_version": __version__, "torch_version": torch.__version__,
+               "layers": _manifest(model), "model": model}
+    torch.save(payload, path)
+
+
+def load(path: str | Path | BinaryIO, map_location: Any = None) -> nn.Module:
+    """Load a model written by ``save``; ``map_location`` as in ``torch.load``.
+
+    The file is unpickled (``torch.load(weights_only=False)``): load only files you trust.
+    """
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if got != FORMAT:
+        raise SchemaError(f"load: expected a file written by adtn.save (format {FORMAT!r}), got {got!r}")
+    return payload["model"]

@@ -1,0 +1,7 @@
+"""Drop-in layers: ``TNLinear``, ``TNConv2d``, ``TNConv1d`` mirror their torch counterparts."""
+
+from .conv import TNConv1d, TNConv2d
+from .forward import Choice
+from .linear import TNLayer, TNLinear
+
+__all__ = ["Choice", "TNConv1d", "TNConv2d", "TNLayer", "TNLinear"]

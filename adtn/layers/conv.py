@@ -1,0 +1,285 @@
+"""TNConv2d and TNConv1d: drop-in ``nn.Conv2d`` / ``nn.Conv1d`` whose kernel is a tensor network.
+
+The kernel's axes are ``out``, ``in``, ``kh``, ``kw`` (``out``, ``in``, ``kw`` for 1-D), the
+torch weight layout. Forward runs one of: ``dense`` (rebuild the kernel, ``F.conv2d``); the
+format's fast form for Tucker(-2), CP and Kronecker templates (see ``forward.py``); or, for
+other formats, im2col (``F.unfold``) with the patches streamed through the network. ``"auto"``
+takes the cheapest by FLOPs. Internally everything is 2-D: a 1-D conv has height 1.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import AdtnError, ShapeError
+from .forward import (
+    MEMORY_WEIGHT,
+    Choice,
+    ConvGeometry,
+    choose,
+    cp_conv,
+    cp_cost,
+    kronecker_conv,
+    kronecker_cost,
+    kronecker_exact,
+    tn_cost,
+    tucker_conv,
+    tucker_cost,
+    unfold_input,
+)
+from .linear import TNLayer
+
+__all__ = ["TNConv1d", "TNConv2d"]
+
+TUCKER = ("tucker2", "tucker")
+CHANNELS_LAST = ("tucker2", "cp", "kronecker")  # fast forms run channels-last on CPU
+
+
+def _tuple(value: Any, n: int, name: str, where: str, low: int = 1) -> tuple[int, ...]:
+    vals = (value,) * n if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if (not isinstance(vals, Sequence) or len(vals) != n
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low for v in vals)):
+        raise ShapeError(f"{where}: {name} must be an int >= {low} or {n} of them, got {value!r}")
+    return tuple(int(v) for v in vals)
+
+
+class _TNConvNd(TNLayer):
+    """The conv layers' shared body; subclasses set ``nd`` and the spatial axes."""
+
+    kind = "conv"
+    nd = 2
+    spatial: tuple[str, ...] = ("kh", "kw")
+    nouns: ClassVar[dict[str, str]] = {"out": "output channels", "in": "input channels"}
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        template: str = "adtn",
+        *,
+        rank: Any = None,
+        depth: int | None = None,
+        budget: float | None = None,
+        modes: Any = None,
+        forward: str = "auto",
+        structure: Any = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        where = type(self).__name__
+        axes = self.weight_axes(in_channels, out_channels, kernel_size, groups=groups)
+        if padding_mode != "zeros":
+            raise AdtnError(f"{where}: padding_mode={padding_mode!r} is not supported; only 'zeros'")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = tuple(axes[ax] for ax in self.spatial)
+        self.stride = _tuple(stride, self.nd, "stride", where)
+        self.dilation = _tuple(dilation, self.nd, "dilation", where)
+        self.padding = padding if isinstance(padding, str) else _tuple(padding, self.nd, "padding", where, low=0)
+        self.groups, self.padding_mode = 1, padding_mode
+        self._geo = self._geometry(where)
+        sizing = {"rank": rank, "depth": depth, "budget": budget, "modes": modes}
+        self._setup(axes, template, structure, forward, device, dtype, sizing, options)
+        self._init_bias(bias, device, dtype)
+
+    @classmethod
+    def weight_axes(cls, in_channels: int, out_channels: int, kernel_size: Any, groups: int = 1,
+                    **_: Any) -> dict[str, int]:
+        where = cls.__name__
+        if groups != 1:
+            raise AdtnError(f"{where}: groups={groups} is not supported (only groups=1)")
+        for name, n in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                raise ShapeError(f"{where}: {name} must be a positive integer, got {n!r}")
+        kernel = _tuple(kernel_size, cls.nd, "kernel_size", where)
+        return {"out": int(out_channels), "in": int(in_channels), **dict(zip(cls.spatial, kernel))}
+
+    def _geometry(self, where: str) -> ConvGeometry:
+        if self.padding == "valid":
+            pad = (0,) * self.nd
+        elif self.padding == "same":
+            if any(s != 1 for s in self.stride):
+                raise AdtnError(f"{where}: padding='same' needs stride 1, got stride={self.stride}")
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            if any(t % 2 for t in total):
+                raise AdtnError(f"{where}: padding='same' with an even effective kernel {self.kernel_size} pads "
+                                "unevenly, which is not supported; pass the padding explicitly")
+            pad = tuple(t // 2 for t in total)
+        elif isinstance(self.padding, str):
+            raise AdtnError(f"{where}: padding must be an int, a tuple, 'valid' or 'same', got {self.padding!r}")
+        else:
+            pad = self.padding
+        lift = (lambda t, one: (one,) + tuple(t)) if self.nd == 1 else (lambda t, one: tuple(t))
+        return ConvGeometry(lift(self.kernel_size, 1), lift(self.stride, 1), lift(pad, 0), lift(self.dilation, 1))
+
+    # ------------------------------------------------------------------ fast forms
+    def _params(self) -> Mapping[str, torch.Tensor]:
+        return getattr(self.tn, "params", {})
+
+    def _spatial(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """Insert the virtual height of a 1-D conv at ``dim``."""
+        return t.unsqueeze(dim) if self.nd == 1 else t
+
+    def _fast_form(self) -> str | None:
+        """The name of this layer's fast conv form, if its template has one and it is exact."""
+        if self.pads:
+            return None
+        p = self._params()
+        if self.template in TUCKER and "core" in p and ("u_in" in p or "u_out" in p):
+            return "tucker2"
+        if self.template == "cp" and {"u_out", "u_in"} <= set(p):
+            return "cp"
+        if self.template == "kronecker" and {"a", "b"} <= set(p):
+            a, b = self._spatial(p["a"], 3).shape[1:], self._spatial(p["b"], 3).shape[1:]
+            return "kronecker" if kronecker_exact(a, b) else None
+        return None
+
+    def _tucker_core(self) -> torch.Tensor:
+        """Tucker's core with the spatial factors (if any) multiplied in: (R_out, R_in, kh, kw)."""
+        p = self._params()
+        core = p["core"]
+        for dim, ax in enumerate(self.spatial, start=2):
+            if f"u_{ax}" in p:
+                core = torch.tensordot(core, p[f"u_{ax}"], dims=([dim], [1])).movedim(-1, dim)
+        return self._spatial(core, 2)
+
+    def _fast_cost(self, form: str, n: int, h: int, w: int) -> int:
+        p, geo = self._params(), self._geo
+        if form == "tucker2":
+            core = self._tucker_core().shape
+            return tucker_cost(n, h, w, core, self.in_channels if "u_in" in p else None,
+                               self.out_channels if "u_out" in p else None, geo)
+        if form == "cp":
+            return cp_cost(n, h, w, self.in_channels, self.out_channels, p["u_in"].shape[1], geo)
+        a, b = self._spatial(p["a"], 3), self._spatial(p["b"], 3)
+        return kronecker_cost(a.shape[1:], b.shape[1:], a.shape[0], n, h, w, geo)
+
+    def _run_fast(self, form: str, x: torch.Tensor) -> torch.Tensor:
+        p, geo = self._params(), self._geo
+        if form == "tucker2":
+            return tucker_conv(x, self._tucker_core(), p.get("u_in"), p.get("u_out"), self.bias, geo)
+        if form == "cp":
+            return cp_conv(x, p["u_out"], p["u_in"], p.get("u_kh"), p.get("u_kw"), self.bias, geo)
+        return kronecker_conv(x, self._spatial(p["a"], 3), self._spatial(p["b"], 3), self.bias, geo)
+
+    def _run_unfold(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if "in" in self.pads:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.pads["in"][1] - self.in_channels))
+        cols, (ho, wo) = unfold_input(x, self._geo)
+        cols = cols.reshape(n, ho * wo, cols.shape[2], *self.kernel_size)
+        y = self.tn.apply(cols, ("in",) + self.spatial)[..., : self.out_channels]
+        y = y.transpose(1, 2).reshape(n, self.out_channels, ho, wo)
+        return y if self.bias is None else y + self.bias[:, None, None]
+
+    # ------------------------------------------------------------------ forward
+    def choose_forward(self, shape: Sequence[int]) -> Choice:
+        """The forward mode (and form) ``forward()`` uses for an input of this shape (N, C, H, W)."""
+        n, _, *hw = shape
+        return self._mode((n, 1, hw[0]) if self.nd == 1 else (n, hw[0], hw[1]))
+
+    def _decide(self, key: tuple, cached: bool) -> Choice:
+        n, h, w = key
+        dense = self._rebuild_cost(cached) + self._geo.dense_cost(n, h, w, self.out_channels, self.in_channels)
+        if self.forward_mode == "dense":
+            return choose("dense", dense, 0)
+        form = self._fast_form()
+        if form is not None:
+            return choose(self.forward_mode, dense, self._fast_cost(form, n, h, w), form)
+        ho, wo = self._geo.out_size(h, w)
+        rows = n * ho * wo
+        direct = tn_cost(self.tn, ("in",) + self.spatial, rows)
+        if direct is not None:  # plus the im2col copy
+            direct += MEMORY_WEIGHT * rows * math.prod(self.tn_axes.values()) // self.tn_axes["out"]
+        return choose(self.forward_mode, dense, direct, "unfold")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        where = type(self).__name__
+        if x.dim() != self.nd + 2 or x.shape[1] != self.in_channels:
+            raise ShapeError(f"{where}: input must be (N, {self.in_channels}, {'L' if self.nd == 1 else 'H, W'}), "
+                             f"got {tuple(x.shape)}")
+        x4 = x.unsqueeze(2) if self.nd == 1 else x
+        n, _, h, w = x4.shape
+        form = "dense" if self.forward_mode == "dense" else self._mode((n, h, w)).form
+        if form == "dense":
+            weight = self._spatial(self.dense_weight(), 2)
+            y = F.conv2d(x4, weight, self.bias, **self._geo.args)
+        elif form == "unfold":
+            y = self._run_unfold(x4)
+        elif x4.device.type == "cpu" and form in CHANNELS_LAST:
+            # oneDNN's small and depthwise convs run 1.2-3x faster channels-last; hand back torch's layout
+            y = self._run_fast(form, x4.contiguous(memory_format=torch.channels_last)).contiguous()
+        else:
+            y = self._run_fast(form, x4)
+        return y.squeeze(2) if self.nd == 1 else y
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}")
+        if self.padding != (0,) * self.nd:
+            s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
+        if self.dilation != (1,) * self.nd:
+            s += f", dilation={self.dilation}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s + ", " + self._tn_repr()
+
+    @classmethod
+    def _from_conv(cls, conv: nn.Module, template: str, **kw: Any) -> _TNConvNd:
+        if conv.padding_mode != "zeros":
+            raise AdtnError(f"{cls.__name__}: padding_mode={conv.padding_mode!r} is not supported; only 'zeros'")
+        args = {"in_channels": conv.in_channels, "out_channels": conv.out_channels, "kernel_size": conv.kernel_size,
+                "stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups}
+        cls.weight_axes(**args)  # groups and sizes are checked before anything is built
+        split = ("rank", "depth", "budget", "tol", "modes", "init", "forward", "fit_options")
+        named = {k: kw.pop(k, None) for k in split}
+        named["init"] = named["init"] or "auto"
+        named["forward"] = named["forward"] or "auto"
+        return cls._encode(args, conv.weight, conv.bias, template, options=kw, **named)
+
+
+class TNConv2d(_TNConvNd):
+    """``nn.Conv2d`` with its kernel (out, in, kh, kw) held by a tensor network (``self.tn``).
+
+    Arguments as ``nn.Conv2d`` (groups=1 and padding_mode='zeros' only), then the template
+    options of ``TNLinear``: ``template``, ``rank`` / ``depth`` / ``budget``, ``modes``,
+    ``forward``, ``structure``, ``**options``.
+    """
+
+    nd = 2
+    spatial = ("kh", "kw")
+
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, template: str = "adtn", **kw: Any) -> TNConv2d:
+        """A TNConv2d approximating ``conv`` (options as ``adtn.encode``); the bias is copied."""
+        if not isinstance(conv, nn.Conv2d):
+            raise AdtnError(f"TNConv2d.from_conv2d: needs an nn.Conv2d, got {type(conv).__name__}")
+        return cls._from_conv(conv, template, **kw)
+
+
+class TNConv1d(_TNConvNd):
+    """``nn.Conv1d`` with its kernel (out, in, kw) held by a tensor network; see ``TNConv2d``."""
+
+    nd = 1
+    spatial = ("kw",)
+
+    @classmethod
+    def from_conv1d(cls, conv: nn.Conv1d, template: str = "adtn", **kw: Any) -> TNConv1d:
+        """A TNConv1d approximating ``conv`` (options as ``adtn.encode``); the bias is copied."""
+        if not isinstance(conv, nn.Conv1d):
+            raise AdtnError(f"TNConv1d.from_conv1d: needs an nn.Conv1d, got {type(conv).__name__}")
+        return cls._from_conv(conv, template, **kw)

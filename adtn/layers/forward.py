@@ -1,0 +1,317 @@
+"""How a TN layer runs its forward pass: rebuild the weight, or stream the input through the cores.
+
+``choose`` compares costs derived from the planner's plans (never tensor values): ``dense``
+costs one contraction of the network (nothing when the eval-mode weight is cached) plus the
+dense op; ``direct`` costs the contraction with the input batch as one more node. A cost is
+FLOPs plus a weight per element moved (``MEMORY_WEIGHT``, ``ACTIVATION_WEIGHT``).
+
+Conv formats with a known fast form run as a sequence of small convolutions instead of
+rebuilding the kernel (METHODS.md sections 4 and 5), each exact and checked against
+``F.conv2d`` with the rebuilt kernel in the tests:
+
+- Tucker-2: 1x1 conv C -> R_in, kh x kw conv R_in -> R_out, 1x1 conv R_out -> O;
+- CP: 1x1 conv C -> R, depthwise kh x kw (the kh x 1 and 1 x kw pair fused), 1x1 conv R -> O;
+- Kronecker (GKPD): fold one factor's input channels into the batch, conv with the other
+  factor's terms stacked, then one conv that sums the R terms, channels interleaved
+  f = f1 * F2 + f2. Exact when A and B are not both wider than 1 in the same spatial dim.
+
+All conv helpers work in 2-D; a 1-D conv is a 2-D one of height 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import AdtnError
+from ..plan import Plan
+
+__all__ = [
+    "ACTIVATION_WEIGHT",
+    "DIRECT_MARGIN",
+    "MEMORY_WEIGHT",
+    "MODES",
+    "Choice",
+    "ConvGeometry",
+    "check_mode",
+    "choose",
+    "cp_conv",
+    "cp_cost",
+    "kronecker_conv",
+    "kronecker_cost",
+    "kronecker_exact",
+    "plan_cost",
+    "tn_cost",
+    "traffic",
+    "tucker_conv",
+    "tucker_cost",
+    "unfold_input",
+]
+
+Mode = Literal["auto", "dense", "direct"]
+MODES = ("auto", "dense", "direct")
+# "auto" compares costs in FLOP-equivalents: FLOPs plus a weight per tensor element moved.
+# A planned contraction moves its operands and intermediates through tensordot's permute
+# copies, which are strided and slow (a 4096 x 4096 TT rebuild spends most of its time in
+# the last one): MEMORY_WEIGHT per element, calibrated on 2 CPU threads against measured
+# dense / streamed TT layers (batch 1 to 4096, ranks 4 to 32). Dense ops and conv stages
+# stream contiguous activations: ACTIVATION_WEIGHT per element read or written.
+MEMORY_WEIGHT = 400
+ACTIVATION_WEIGHT = 20
+# direct must be this much cheaper than dense to be picked (dense is one well-tuned kernel)
+DIRECT_MARGIN = 1.0
+
+
+def check_mode(mode: str, where: str) -> str:
+    """``mode`` if it is one of ``MODES``, else an AdtnError listing them."""
+    if mode not in MODES:
+        raise AdtnError(f"{where}: forward must be one of {list(MODES)}, got {mode!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The forward mode picked for one input shape, and the costs (FLOP-equivalents) that decided it.
+
+    ``mode`` is ``"dense"`` or ``"direct"``; ``form`` says how direct runs (``"stream"``: the
+    input contracted through the network; ``"unfold"``: im2col then stream; ``"tucker2"``,
+    ``"cp"``, ``"kronecker"``: a conv format's fast form) and is ``"dense"`` for dense.
+    """
+
+    mode: str
+    form: str
+    dense_cost: int
+    direct_cost: int
+
+
+def choose(mode: str, dense_cost: int, direct_cost: int | None, form: str = "stream") -> Choice:
+    """Resolve ``"auto"`` by cost; ``direct_cost`` None means direct cannot stream (dense it is)."""
+    if direct_cost is None:
+        mode, direct_cost = "dense", -1
+    elif mode == "auto":
+        mode = "direct" if direct_cost * DIRECT_MARGIN < dense_cost else "dense"
+    return Choice(mode, form if mode == "direct" else "dense", int(dense_cost), int(direct_cost))
+
+
+def traffic(plan: Plan) -> int:
+    """Elements read and written by a plan's pairwise steps (operands plus results), from its path."""
+    sig = plan.signature
+    size = sig.size_dict
+    terms = [s for _, s in sig.operands]
+    total = 0
+    for positions in plan.cost.path:
+        picked = [terms[i] for i in positions]
+        for i in sorted(positions, reverse=True):
+            terms.pop(i)
+        keep = "".join(terms) + sig.output
+        result = "".join(dict.fromkeys(c for t in picked for c in t if c in keep))
+        total += sum(math.prod(size[c] for c in t) for t in picked) + math.prod(size[c] for c in result)
+        terms.append(result)
+    return total
+
+
+def plan_cost(plan: Plan) -> int:
+    """FLOPs plus ``MEMORY_WEIGHT`` per element moved."""
+    return int(plan.cost.flops) + MEMORY_WEIGHT * traffic(plan)
+
+
+def tn_cost(tn: Any, feed: Sequence[str] = (), batch: int | None = None) -> int | None:
+    """Cost of ``tn.dense()`` (no ``feed``) or of streaming a batch on ``feed``; None when ``tn``
+    cannot stream (a deep ADTN past depth 1, or one whose axes are padded to 2^Q)."""
+    feed = tuple(feed)
+    deep = getattr(tn, "deep", None)
+    if deep is None:
+        return plan_cost(tn.plan(feed, batch if feed else None))
+    if not feed:
+        return int(tn.cost().flops) + MEMORY_WEIGHT * 2 * deep.depth * 2**deep.q
+    first = deep.operators[0]
+    if deep.depth > 1 or not deep.exact or not all(ax in first.outputs for ax in feed):
+        return None
+    return plan_cost(tn.plan(0, feed, batch))
+
+
+# ---------------------------------------------------------------------- conv geometry
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A 2-D convolution's shape facts: kernel, stride, padding, dilation (pairs) and sizes."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        return tuple(  # type: ignore[return-value]
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip((h, w), self.kernel, self.stride, self.padding, self.dilation)
+        )
+
+    def dense_cost(self, n: int, h: int, w: int, out_ch: int, in_ch: int) -> int:
+        """FLOPs of the dense conv plus ``ACTIVATION_WEIGHT`` per input and output element."""
+        ho, wo = self.out_size(h, w)
+        flops = 2 * n * ho * wo * out_ch * in_ch * self.kernel[0] * self.kernel[1]
+        return flops + ACTIVATION_WEIGHT * n * (h * w * in_ch + ho * wo * out_ch)
+
+    def part(self, dims: Sequence[bool]) -> dict[str, tuple[int, int]]:
+        """conv2d arguments applying stride, padding and dilation only in the dims flagged True."""
+        return {
+            "stride": tuple(s if on else 1 for s, on in zip(self.stride, dims)),
+            "padding": tuple(p if on else 0 for p, on in zip(self.padding, dims)),
+            "dilation": tuple(d if on else 1 for d, on in zip(self.dilation, dims)),
+        }
+
+    @property
+    def args(self) -> dict[str, tuple[int, int]]:
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
+
+
+def unfold_input(x: torch.Tensor, geo: ConvGeometry) -> tuple[torch.Tensor, tuple[int, int]]:
+    """im2col: (N, C, H, W) -> (N, L, C, kh, kw) patches and the output size (Ho, Wo)."""
+    n, c, h, w = x.shape
+    cols = F.unfold(x, geo.kernel, dilation=geo.dilation, padding=geo.padding, stride=geo.stride)
+    ho, wo = geo.out_size(h, w)
+    return cols.transpose(1, 2).reshape(n, ho * wo, c, *geo.kernel), (ho, wo)
+
+
+# ---------------------------------------------------------------------- Tucker(-2)
+def tucker_conv(
+    x: torch.Tensor,
+    core: torch.Tensor,
+    u_in: torch.Tensor | None,
+    u_out: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    geo: ConvGeometry,
+) -> torch.Tensor:
+    """Tucker-2 as convolutions: 1x1 (u_in^T), core kh x kw, 1x1 (u_out); a missing factor is skipped.
+
+    ``core`` is (R_out, R_in, kh, kw); ``u_in`` (C, R_in) and ``u_out`` (O, R_out).
+    """
+    if u_in is not None:
+        x = F.conv2d(x, u_in.t()[:, :, None, None])
+    if u_out is None:
+        return F.conv2d(x, core, bias, **geo.args)
+    x = F.conv2d(x, core, None, **geo.args)
+    return F.conv2d(x, u_out[:, :, None, None], bias)
+
+
+def tucker_cost(n: int, h: int, w: int, core: Sequence[int], c: int | None, o: int | None, geo: ConvGeometry) -> int:
+    """Cost of ``tucker_conv``: core shape (R_out, R_in, kh, kw); c / o None when not factored."""
+    r_out, r_in, kh, kw = core
+    ho, wo = geo.out_size(h, w)
+    flops = 2 * n * ho * wo * r_out * r_in * kh * kw
+    moved = n * (h * w * r_in + ho * wo * r_out)
+    if c is not None:
+        flops += 2 * n * h * w * c * r_in
+        moved += n * h * w * (c + r_in)
+    if o is not None:
+        flops += 2 * n * ho * wo * r_out * o
+        moved += n * ho * wo * (r_out + o)
+    return flops + ACTIVATION_WEIGHT * moved
+
+
+# ---------------------------------------------------------------------- CP
+def cp_conv(
+    x: torch.Tensor,
+    u_out: torch.Tensor,
+    u_in: torch.Tensor,
+    u_kh: torch.Tensor | None,
+    u_kw: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    geo: ConvGeometry,
+) -> torch.Tensor:
+    """CP as convolutions: 1x1 C -> R, depthwise kh x kw, 1x1 R -> O.
+
+    Factors are (size, R). The kh x 1 and 1 x kw depthwise convs of the textbook form are run
+    as one depthwise conv whose kernel is their outer product (the same map; PyTorch's
+    depthwise kernels favour square ones: 2.5x faster than the pair on 2 CPU threads). A
+    missing spatial factor (a 1-D conv's height) counts as ones.
+    """
+    rank = u_in.shape[1]
+    kh = u_kh.t()[:, :, None] if u_kh is not None else u_in.new_ones(rank, 1, 1)
+    kw = u_kw.t()[:, None, :] if u_kw is not None else u_in.new_ones(rank, 1, 1)
+    x = F.conv2d(x, u_in.t()[:, :, None, None])
+    x = F.conv2d(x, (kh * kw)[:, None], groups=rank, **geo.args)
+    return F.conv2d(x, u_out[:, :, None, None], bias)
+
+
+def cp_cost(n: int, h: int, w: int, c: int, o: int, rank: int, geo: ConvGeometry) -> int:
+    """Cost of ``cp_conv``."""
+    ho, wo = geo.out_size(h, w)
+    kh, kw = geo.kernel
+    flops = 2 * n * rank * (h * w * c + ho * wo * kh * kw + ho * wo * o)
+    moved = n * (h * w * (c + 2 * rank) + ho * wo * (2 * rank + o))
+    return flops + ACTIVATION_WEIGHT * moved
+
+
+# ---------------------------------------------------------------------- Kronecker (GKPD)
+def kronecker_exact(a_shape: Sequence[int], b_shape: Sequence[int]) -> bool:
+    """True when no spatial dim has both factors wider than 1 (shapes (F, C, kh, kw))."""
+    return all(a == 1 or b == 1 for a, b in zip(a_shape[2:], b_shape[2:]))
+
+
+def _kron_order(a_shape: Sequence[int], b_shape: Sequence[int], n: int, h: int, w: int, geo: ConvGeometry):
+    """The cheaper order of ``kronecker_conv``: (FLOPs per term, elements between the convs per
+    term, a_first, dims where the first conv takes stride / padding / dilation)."""
+    best = None
+    for a_first in (True, False):
+        first, second = (a_shape, b_shape) if a_first else (b_shape, a_shape)
+        f1, c1, kh1, kw1 = first
+        f2, c2, kh2, kw2 = second
+        # the first conv gets stride/padding/dilation in the dims where it is wide (or both are 1)
+        dims = tuple(k1 > 1 or k2 == 1 for k1, k2 in zip(first[2:], second[2:]))
+        h1, w1 = ConvGeometry((kh1, kw1), **geo.part(dims)).out_size(h, w)
+        h2, w2 = ConvGeometry((kh2, kw2), **geo.part(tuple(not d for d in dims))).out_size(h1, w1)
+        flops = 2 * n * h1 * w1 * c2 * f1 * c1 * kh1 * kw1 + 2 * n * h2 * w2 * f1 * f2 * c2 * kh2 * kw2
+        middle = n * h1 * w1 * c2 * f1
+        if best is None or flops < best[0]:
+            best = (flops, middle, a_first, dims)
+    return best
+
+
+def kronecker_cost(a_shape: Sequence[int], b_shape: Sequence[int], rank: int, n: int, h: int, w: int,
+                   geo: ConvGeometry) -> int:
+    """Cost of ``kronecker_conv`` in its cheaper order; shapes are (F_k, C_k, kh_k, kw_k)."""
+    flops, middle, _, _ = _kron_order(a_shape, b_shape, n, h, w, geo)
+    ho, wo = geo.out_size(h, w)
+    c, o = a_shape[1] * b_shape[1], a_shape[0] * b_shape[0]
+    return rank * flops + ACTIVATION_WEIGHT * (n * (h * w * c + ho * wo * o) + 2 * rank * middle)
+
+
+def kronecker_conv(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry
+) -> torch.Tensor:
+    """Conv with the kernel sum_r A_r (x) B_r without forming it; a (R, F1, C1, kh1, kw1), b (R, F2, C2, ...).
+
+    The factor run first sees the input with the other factor's input channels folded into
+    the batch, all R terms stacked as output channels; the second conv takes (r, c) as its
+    input channels, so it also sums the R terms. Output channel f = f1 * F2 + f2.
+    """
+    if not kronecker_exact(a.shape[1:], b.shape[1:]):
+        raise AdtnError(
+            f"kronecker_conv: A {tuple(a.shape[1:])} and B {tuple(b.shape[1:])} are both wider than 1 in one "
+            "spatial dim; the sequence of convolutions would not be exact: rebuild the kernel instead"
+        )
+    n, _, h, w = x.shape
+    _, _, a_first, dims = _kron_order(a.shape[1:], b.shape[1:], n, h, w, geo)
+    first, second = (a, b) if a_first else (b, a)
+    r, f1, c1, kh1, kw1 = first.shape
+    _, f2, c2, kh2, kw2 = second.shape
+    # input channel c = ca * Cb + cb with (ca, cb) the channels of (A, B)
+    xs = x.reshape(n, a.shape[2], b.shape[2], h, w)
+    if a_first:
+        xs = xs.transpose(1, 2)  # fold B's channels into the batch: (N, C_b, C_a, H, W)
+    z = F.conv2d(xs.reshape(n * c2, c1, h, w), first.reshape(r * f1, c1, kh1, kw1), **geo.part(dims))
+    h1, w1 = z.shape[-2:]
+    z = z.reshape(n, c2, r, f1, h1, w1).permute(0, 3, 2, 1, 4, 5).reshape(n * f1, r * c2, h1, w1)
+    y = F.conv2d(z, second.transpose(0, 1).reshape(f2, r * c2, kh2, kw2), **geo.part(tuple(not d for d in dims)))
+    h2, w2 = y.shape[-2:]
+    y = y.reshape(n, f1, f2, h2, w2)
+    if not a_first:
+        y = y.transpose(1, 2)  # (N, F_a, F_b, ...): f = fa * F_b + fb
+    y = y.reshape(n, f1 * f2, h2, w2)
+    return y if bias is None else y + bias[:, None, None]

@@ -1,0 +1,132 @@
+"""Layer benchmarks: forward + backward time of TN layers against dense and tensorly-torch, same-run ratios.
+
+    python benchmarks/layers.py [--repeats N] [--full]
+
+B1 TT-Linear 4096x4096, modes (8,8,8,8), rank 16, batch 128 vs tltorch.FactorizedLinear
+   (blocktt, the faster of implementation='factorized' / 'reconstructed'; goal <= 0.6) and
+   vs nn.Linear.
+B2 ADTN 4096x4096 depth 1 vs nn.Linear, batch 128 (goal <= 0.8).
+B3 ADTN 4096x4096 depth 2 (ReLU) vs nn.Linear, batch 128 (goal <= 2.0).
+   B2/B3 run only when the template "adtn" is registered; else "n/a".
+B7 conv 64->64, 3x3, 32x32, batch 64 at >= 4x compression (budget 0.25) vs nn.Conv2d
+   (goal <= 0.6): Tucker-2, CP, Kronecker with the paper's default split and with a
+   channel-separable split A (64, 1, 3, 1), B (1, 64, 1, 3).
+All float32, 2 threads, forward="auto" (the mode each layer picks is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import adtn
+from adtn.api import encode
+from adtn.layers import TNConv2d, TNLinear
+
+
+def step(layer: nn.Module, x: torch.Tensor):
+    """One forward + backward (gradients of the parameters and of the input)."""
+    x = x.clone().requires_grad_(True)
+
+    def run() -> None:
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x).sum().backward()
+
+    return run
+
+
+def interleaved(fns: list, repeats: int) -> list[float]:
+    """Best time of each function, measured round-robin so that a busy machine hits all alike."""
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - start)
+    return best
+
+
+def params(layer: nn.Module) -> int:
+    return sum(p.numel() for p in layer.parameters() if p.requires_grad)
+
+
+def mode_of(layer: nn.Module, x: torch.Tensor) -> str:
+    return layer.choose_forward(tuple(x.shape)).form if hasattr(layer, "choose_forward") else "-"
+
+
+def linear_rows(rows: list, repeats: int) -> None:
+    import tltorch
+
+    x = torch.randn(128, 4096)
+    modes = (8, 8, 8, 8)
+    cases = [("nn.Linear 4096x4096", nn.Linear(4096, 4096), "", "")]
+    for impl in ("factorized", "reconstructed"):
+        tl = tltorch.FactorizedLinear(modes, modes, factorization="blocktt", rank=16, implementation=impl)
+        cases.append((f"tltorch blocktt r16 {impl}", tl, "", ""))
+    cases.append(("B1 TT-Linear r16", TNLinear(4096, 4096, template="tt", rank=16, modes=(modes, modes)), "tltorch",
+                  "<= 0.6"))
+    missing = []
+    for label, depth, goal in (("B2 ADTN depth 1", 1, "<= 0.8"), ("B3 ADTN depth 2 relu", 2, "<= 2.0")):
+        if "adtn" in adtn.templates.names():
+            cases.append((label, TNLinear(4096, 4096, template="adtn", depth=depth), "nn.Linear", goal))
+        else:
+            missing.append((label, "", "", "n/a", "template 'adtn' not registered", goal))
+    times = interleaved([step(layer, x) for _, layer, _, _ in cases], repeats)
+    base = {"nn.Linear": times[0], "tltorch": min(times[1:3])}
+    which = "factorized" if times[1] <= times[2] else "reconstructed"
+    for (label, layer, against, goal), t in zip(cases, times):
+        ratio = f"{t / base['nn.Linear']:.2f} vs nn.Linear"
+        if against == "tltorch":
+            ratio = f"{t / base['tltorch']:.2f} vs tltorch {which}; " + ratio
+        rows.append((label, f"{params(layer):,}", mode_of(layer, x), f"{t * 1e3:.1f}", ratio, goal))
+    rows.extend(missing)
+
+
+def conv_rows(rows: list, repeats: int, full: bool) -> None:
+    batch = 64 if full else 16
+    x = torch.randn(batch, 64, 32, 32)
+    conv = nn.Conv2d(64, 64, 3, padding=1)
+    cases = [(f"nn.Conv2d 64->64 3x3, batch {batch}", conv, "")]
+    for label, template, options in [
+        ("B7 Tucker-2", "tucker2", {}),
+        ("B7 CP", "cp", {}),
+        ("B7 Kronecker, default split", "kronecker", {}),
+        ("B7 Kronecker, A(64,1,3,1) B(1,64,1,3)", "kronecker", {"factors": ((64, 1, 3, 1), (1, 64, 1, 3))}),
+    ]:
+        layer = encode(conv, template, budget=0.25, init="random", **options)
+        assert isinstance(layer, TNConv2d)
+        cases.append((label, layer, "<= 0.6"))
+    times = interleaved([step(layer, x) for _, layer, _ in cases], repeats)
+    for (label, layer, goal), t in zip(cases, times):
+        rows.append((label, f"{params(layer):,}", mode_of(layer, x), f"{t * 1e3:.1f}",
+                     f"{t / times[0]:.2f} vs nn.Conv2d", goal))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--full", action="store_true", help="B7 at batch 64 (default 16 to keep the run short)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    rows: list[tuple[str, ...]] = []
+    linear_rows(rows, args.repeats)
+    conv_rows(rows, args.repeats, args.full)
+    head = ("case", "params", "forward", "ms (fwd+bwd)", "ratio", "goal")
+    widths = [max(len(str(r[k])) for r in rows + [head]) for k in range(len(head))]
+    for r in [head] + rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+import copy
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import adtn
+from adtn.api import encode
+from adtn.errors import AdtnError, RankError, ShapeError, TemplateError
+from adtn.layers import TNConv1d, TNConv2d, TNLinear
+from adtn.templates import TEMPLATES, Template, get, names
+from adtn.testing import devices
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def size_options(name: str, kind: str) -> dict:
+    """The smallest sensible size for each template: rank 2, or depth 1."""
+    params = inspect.signature(get(name).build).parameters
+    opts = {"rank": 2} if "rank" in params else {"depth": 1} if "depth" in params else {}
+    if name == "semi_tucker" and kind == "conv":
+        opts["compress"] = ("out", "in")  # kernel sizes 3 do not divide by t=2
+    return opts
+
+
+def torch_layer(which: str, dtype=torch.float32, small: bool = False) -> nn.Module:
+    if which == "linear":
+        return nn.Linear(16, 8, dtype=dtype) if small else nn.Linear(64, 48, dtype=dtype)
+    if which == "conv":
+        return nn.Conv2d(4, 6, 3, padding=1, dtype=dtype) if small else nn.Conv2d(16, 32, 3, padding=1, dtype=dtype)
+    if which == "conv_strided":
+        return nn.Conv2d(16, 32, 3, stride=2, padding=2, dilation=2, dtype=dtype)
+    return nn.Conv1d(8, 12, 3, stride=2, padding=1, dtype=dtype)
+
+
+def kind_of(which: str) -> str:
+    return "linear" if which == "linear" else "conv"
+
+
+def input_for(which: str, dtype=torch.float32, small: bool = False) -> torch.Tensor:
+    if which == "linear":
+        return torch.randn(3, 16 if small else 64, dtype=dtype)
+    if which == "conv1d":
+        return torch.randn(2, 8, 11, dtype=dtype)
+    return torch.randn(2, 4 if small else 16, 5 if small else 9, 5 if small else 9, dtype=dtype)
+
+
+def reference(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The torch functional op with the layer's rebuilt weight."""
+    w, b = layer.weight, layer.bias
+    if isinstance(layer, TNLinear):
+        return F.linear(x, w, b)
+    conv = F.conv1d if isinstance(layer, TNConv1d) else F.conv2d
+    pad = layer.padding
+    return conv(x, w, b, stride=layer.stride, padding=pad, dilation=layer.dilation)
+
+
+def skip_unless_fits(name: str, which: str) -> None:
+    if kind_of(which) not in get(name).kinds:
+        pytest.skip(f"template {name!r} does not fit {kind_of(which)} weights")
+
+
+FAST = {"tucker2": "tucker2", "tucker": "tucker2", "cp": "cp", "kronecker": "kronecker"}
+
+
+# ---------------------------------------------------------------------- every template, every mode
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("forward", ["dense", "direct", "auto"])
+@pytest.mark.parametrize("which", ["linear", "conv", "conv_strided", "conv1d"])
+@pytest.mark.parametrize("name", names())
+def test_output_equals_functional_op_with_rebuilt_weight(name, which, forward, dtype):
+    skip_unless_fits(name, which)
+    layer = encode(torch_layer(which, dtype), name, init="random", forward=forward,
+                   **size_options(name, kind_of(which)))
+    x = input_for(which, dtype)
+    with torch.no_grad():
+        y, ref = layer(x), reference(layer, x)
+    assert y.shape == ref.shape and y.dtype == dtype
+    torch.testing.assert_close(y, ref, rtol=TOL[dtype], atol=TOL[dtype] * float(ref.abs().max()))
+    choice = layer.choose_forward(tuple(x.shape))
+    if forward == "dense":
+        assert choice.form == "dense"
+    elif forward == "direct" and which != "linear" and name in FAST:
+        assert choice.form == FAST[name]  # the conv format's fast form runs
+
+
+@pytest.mark.parametrize("forward", ["dense", "direct"])
+@pytest.mark.parametrize("which", ["linear", "conv"])
+@pytest.mark.parametrize("name", names())
+def test_gradcheck_float64(name, which, forward):
+    skip_unless_fits(name, which)
+    layer = encode(torch_layer(which, torch.float64, small=True), name, init="random", forward=forward,
+                   **size_options(name, kind_of(which)))
+    x = input_for(which, torch.float64, small=True).requires_grad_(True)
+    keys, values = zip(*[(k, p.detach().clone().requires_grad_(True)) for k, p in layer.named_parameters()])
+
+    def run(x, *params):
+        return torch.func.functional_call(layer, dict(zip(keys, params)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *values), eps=1e-6, atol=1e-6)
+
+
+def test_kronecker_with_both_factors_wide_runs_unfold_not_the_fast_form():
+    conv = nn.Conv2d(8, 8, 4, padding=1)
+    layer = encode(conv, "kronecker", rank=2, factors=((2, 2, 2, 2), (4, 4, 2, 2)), init="random", forward="direct")
+    x = torch.randn(2, 8, 7, 7)
+    assert layer.choose_forward(tuple(x.shape)).form == "unfold"
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_full_tucker_conv_folds_spatial_factors_into_the_fast_form():
+    layer = encode(nn.Conv2d(8, 6, 3, padding=1), "tucker", rank=2, init="random", forward="direct")
+    x = torch.randn(2, 8, 6, 6)
+    assert "u_kh" in layer.tn.params and layer.choose_forward(tuple(x.shape)).form == "tucker2"
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- forward-mode choice
+def test_auto_streams_when_clearly_cheaper_and_rebuilds_when_not():
+    layer = TNLinear(4096, 4096, template="tt", rank=4)
+    small, big = layer.choose_forward((1, 4096)), layer.choose_forward((4096, 4096))
+    assert small.mode == "direct" and small.direct_cost * 10 < small.dense_cost
+    assert big.mode == "dense" and big.dense_cost < big.direct_cost
+    assert layer._choices  # cached per shape
+    assert layer.choose_forward((1, 4096)) is small
+
+
+def test_deep_adtn_past_depth_one_always_rebuilds():
+    if "adtn" not in names():
+        pytest.skip("template 'adtn' not registered")
+    layer = TNLinear(64, 64, template="adtn", depth=2, forward="auto")
+    assert layer.choose_forward((1, 64)).mode == "dense"
+
+
+def test_a_cached_eval_weight_makes_rebuild_free():
+    layer = TNLinear(256, 256, template="tt", rank=8)
+    train = layer.choose_forward((64, 256))
+    layer.eval()
+    with torch.no_grad():
+        layer.weight  # noqa: B018 - builds the cache
+        cached = layer.choose_forward((64, 256))
+    assert cached.dense_cost < train.dense_cost
+
+
+# ---------------------------------------------------------------------- eval cache
+@pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.Adam])
+def test_eval_cache_is_invalidated_by_an_optimizer_step(optimizer):
+    layer = TNLinear(64, 48, template="tt", rank=3, forward="dense")
+    x = torch.randn(5, 64)
+    layer.eval()
+    with torch.no_grad():
+        w1 = layer.weight
+        assert layer.weight is w1  # cached
+        d1 = layer.tn.dense()
+        assert layer.tn.dense() is d1  # TNModule's own eval cache
+        y1 = layer(x)
+    opt = optimizer(layer.parameters(), lr=0.1)
+    layer(x).pow(2).sum().backward()  # eval mode with autograd: no cache, gradients flow
+    opt.step()
+    with torch.no_grad():
+        w2 = layer.weight
+        assert w2 is not w1 and not torch.equal(w1, w2)
+        assert layer.tn.dense() is not d1
+        torch.testing.assert_close(layer(x), F.linear(x, layer.tn.dense(), layer.bias))
+        assert not torch.equal(layer(x), y1)
+    layer.train()
+    with torch.no_grad():
+        assert layer.weight is not layer.weight  # never cached in train mode
+
+
+def test_eval_cache_is_invalidated_by_load_state_dict():
+    layer = TNLinear(64, 48, template="tt", rank=3).eval()
+    other = TNLinear(64, 48, template="tt", rank=3)
+    with torch.no_grad():
+        w1 = layer.weight
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer.weight, other.weight)
+        assert layer.weight is not w1
+
+
+# ---------------------------------------------------------------------- budget
+@pytest.mark.parametrize("name", ["tt", "ht", "tucker2", "cp", "kronecker", "tr"])
+def test_budget_is_honoured(name):
+    layer = encode(nn.Linear(256, 256), name, budget=0.1, init="random")
+    target = 0.1 * 256 * 256
+    n = layer.num_tn_params
+    assert n <= target
+    if name not in ("ht", "tr"):  # uniform ranks step past the budget: ht r^3 (88% at 15), tr r^2 (79% at 6)
+        assert n >= 0.9 * target, (name, n, layer.template_options)
+    opts = dict(layer.template_options)
+    knob = opts.pop("rank")
+    try:
+        bigger = get(name).formula(layer.tn_axes, rank=knob + 1, **opts)
+    except AdtnError:
+        bigger = None
+    assert bigger is None or bigger > target or bigger == n  # the largest size within the budget
+
+
+def test_budget_reaches_large_fractions_with_clipped_ranks():
+    layer = encode(nn.Linear(64, 64), "tt", budget=0.9, init="random")
+    assert 0.5 * 4096 <= layer.num_tn_params <= 0.9 * 4096
+
+
+def test_budget_sizes_depth_for_templates_sized_by_depth():
+    if "adtn" not in names():
+        pytest.skip("template 'adtn' not registered")
+    layer = encode(nn.Linear(64, 48), "adtn", budget=0.1, init="random")
+    assert layer.template_options["depth"] >= 1 and layer.num_tn_params <= 0.1 * 64 * 48 + 1
+
+
+# ---------------------------------------------------------------------- padding
+def test_prime_size_is_padded_and_cropped():
+    lin = nn.Linear(97, 10)
+    layer = encode(lin, "tt", rank=3, init="random", forward="direct")
+    assert layer.pads == {"in": (97, 98)}
+    assert "padded in 97->98" in repr(layer)
+    assert layer.weight.shape == (10, 97)
+    x = torch.randn(4, 97)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        layer.forward_mode = "dense"
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_prime_channels_are_padded_in_conv_unfold():
+    layer = encode(nn.Conv2d(13, 8, 3), "tt", rank=2, init="random", forward="direct")
+    assert "in" in layer.pads
+    x = torch.randn(2, 13, 6, 6)
+    assert layer.choose_forward(tuple(x.shape)).form == "unfold"
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- nn.Module behaviour
+def test_attributes_mirror_torch_layers():
+    lin = TNLinear(64, 48, bias=False, template="tt", rank=2)
+    assert (lin.in_features, lin.out_features, lin.bias) == (64, 48, None)
+    assert lin.weight.shape == nn.Linear(64, 48).weight.shape
+    conv = TNConv2d(16, 32, (3, 5), stride=2, padding=(1, 2), template="tucker2", rank=4)
+    ref = nn.Conv2d(16, 32, (3, 5), stride=2, padding=(1, 2))
+    for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                 "padding_mode"):
+        assert getattr(conv, attr) == getattr(ref, attr), attr
+    assert conv.weight.shape == ref.weight.shape and isinstance(conv.bias, nn.Parameter)
+    assert isinstance(conv.tn.graph, adtn.TensorGraph)
+    assert "kernel_size=(3, 5)" in conv.extra_repr() and "template='tucker2'" in conv.extra_repr()
+
+
+def test_same_padding():
+    layer = TNConv2d(4, 6, 3, padding="same", template="cp", rank=3)
+    x = torch.randn(1, 4, 7, 7)
+    with torch.no_grad():
+        y = layer(x)
+        torch.testing.assert_close(y, F.conv2d(x, layer.weight, layer.bias, padding="same"), rtol=1e-5, atol=1e-5)
+    assert y.shape[-2:] == (7, 7)
+
+
+def test_reset_parameters_keeps_parameter_objects():
+    layer = TNLinear(32, 16, template="tt", rank=2)
+    before = {k: (p, p.detach().clone()) for k, p in layer.named_parameters()}
+    layer.reset_parameters()
+    for k, p in layer.named_parameters():
+        assert p is before[k][0] and not torch.equal(p, before[k][1])
+    std = float(layer.weight.detach().std())
+    assert 0.2 / 32**0.5 < std < 2 / 32**0.5
+
+
+def test_state_dict_round_trip():
+    a = TNConv2d(8, 8, 3, padding=1, template="kronecker", rank=2)
+    b = TNConv2d(8, 8, 3, padding=1, template="kronecker", rank=2)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 8, 5, 5)
+    assert torch.equal(a(x), b(x))
+    assert set(a.state_dict()) == {"bias", "tn.params.a", "tn.params.b"}
+
+
+def test_to_dtype_and_deepcopy():
+    layer = TNLinear(64, 48, template="tt", rank=3)
+    x = torch.randn(4, 64)
+    ref = layer(x)
+    clone = copy.deepcopy(layer)
+    assert torch.equal(clone(x), ref)
+    assert clone.tn.params["core0"] is not layer.tn.params["core0"]
+    clone.to(torch.float64)
+    assert clone.weight.dtype == torch.float64 and clone.bias.dtype == torch.float64
+    torch.testing.assert_close(clone(x.double()), ref.double(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("forward", ["dense", "direct"])
+def test_torch_compile(forward):
+    lin = TNLinear(64, 48, template="tt", rank=3, forward=forward)
+    conv = TNConv2d(8, 8, 3, padding=1, template="tucker2", rank=3, forward=forward)
+    x, xc = torch.randn(4, 64), torch.randn(2, 8, 6, 6)
+    for layer, inp in ((lin, x), (conv, xc)):
+        compiled = torch.compile(layer, backend="eager")
+        torch.testing.assert_close(compiled(inp), layer(inp))
+        compiled(inp).sum().backward()
+        assert all(p.grad is not None for p in layer.parameters())
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("name", ["tt", "tucker2", "cp", "kronecker"])
+def test_layers_on_device(name, device):
+    lin = encode(nn.Linear(64, 48), name, rank=2, init="random").to(device)
+    conv = encode(nn.Conv2d(16, 32, 3, padding=1), name, rank=2, init="random").to(device)
+    for layer, x in ((lin, torch.randn(3, 64, device=device)), (conv, torch.randn(2, 16, 8, 8, device=device))):
+        for forward in ("dense", "direct", "auto"):
+            layer.forward_mode = forward
+            with torch.no_grad():
+                y = layer(x)
+                assert y.device.type == torch.device(device).type
+                torch.testing.assert_close(y, reference(layer, x), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_unsupported_layer_is_named():
+    with pytest.raises(AdtnError, match=r"encode: nn\.LSTM is not supported; supported: nn\.Linear, nn\.Conv1d, "
+                                        r"nn\.Conv2d"):
+        encode(nn.LSTM(4, 4), "tt", rank=2)
+
+
+def test_grouped_conv_is_rejected():
+    with pytest.raises(AdtnError, match=r"TNConv2d: groups=2 is not supported \(only groups=1\)"):
+        encode(nn.Conv2d(8, 8, 3, groups=2), "tt", rank=2)
+
+
+def test_padding_mode_other_than_zeros_is_rejected():
+    with pytest.raises(AdtnError, match=r"padding_mode='reflect' is not supported; only 'zeros'"):
+        encode(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), "tt", rank=2)
+
+
+def test_modes_must_multiply_to_the_features():
+    with pytest.raises(ShapeError, match=r"out modes \(4, 4, 4\) multiply to 64, but the layer has 48 outputs"):
+        encode(nn.Linear(64, 48), "tt", rank=2, modes=((4, 4, 4), (4, 4, 4)))
+    with pytest.raises(ShapeError, match=r"in modes \(2, 2\) multiply to 4, but the layer has 16 input channels"):
+        TNConv2d(16, 8, 3, template="tt", rank=2, modes=((4, 2), (2, 2)))
+
+
+@pytest.mark.parametrize("sizes", [{"rank": 2, "budget": 0.1}, {"rank": 2, "tol": 0.1}, {"budget": 0.1, "tol": 0.1}])
+def test_conflicting_sizes(sizes):
+    with pytest.raises(RankError, match=r"give one of rank=, budget= or tol="):
+        encode(nn.Linear(64, 48), "tt", **sizes)
+
+
+def test_unknown_template_lists_valid_ones():
+    with pytest.raises(TemplateError, match=r"template 'nope' not found; valid: \[.*'tt'"):
+        encode(nn.Linear(64, 48), "nope", rank=2)
+
+
+def test_template_of_the_wrong_kind(monkeypatch):
+    monkeypatch.setitem(TEMPLATES, "linonly", Template("linonly", get("tt").build, kinds=("linear",)))
+    with pytest.raises(TemplateError, match=r"template 'linonly' does not fit conv weights; templates for conv"):
+        encode(nn.Conv2d(4, 4, 3), "linonly", rank=2)
+
+
+def test_options_a_template_does_not_take():
+    with pytest.raises(TemplateError, match=r"template 'tt' takes no depth=; its size is set by rank= or budget="):
+        encode(nn.Linear(64, 48), "tt", depth=2)
+    with pytest.raises(TemplateError, match=r"template 'tucker2' takes no modes=; templates with modes"):
+        encode(nn.Linear(64, 48), "tucker2", rank=2, modes=((8, 6), (8, 8)))
+
+
+def test_missing_size_budget_too_small_and_bad_forward():
+    with pytest.raises(RankError, match=r"template 'tt' needs a size: pass rank=, budget="):
+        TNLinear(64, 48, template="tt")
+    with pytest.raises(RankError, match=r"budget 1e-05 .* is below the smallest 'tt'"):
+        TNLinear(64, 48, template="tt", budget=1e-5)
+    with pytest.raises(AdtnError, match=r"forward must be one of \['auto', 'dense', 'direct'\], got 'fast'"):
+        TNLinear(64, 48, template="tt", rank=2, forward="fast")
+    with pytest.raises(ShapeError, match=r"TNLinear: input of shape \(3, 5\) must end with in_features=64"):
+        TNLinear(64, 48, template="tt", rank=2)(torch.randn(3, 5))
