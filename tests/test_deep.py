@@ -145,6 +145,22 @@ def test_fused_matches_planner(width):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
 
 
+def test_chunked_backward_matches_planner(monkeypatch):
+    import adtn.deep_module as dm
+
+    monkeypatch.setattr(dm, "_CHUNK", 64)  # many chunks in every hand-written backward branch
+    monkeypatch.setattr(dm, "_ROWS", 4)
+    deep = build({"out": 64, "in": 32}, depth=2, activation="leaky_relu")
+    planner = DeepTNModule(deep, dtype=torch.float64, executor="planner", seed=4)
+    target = torch.randn(64, 32, dtype=torch.float64)
+    (planner.dense() * target).sum().backward()
+    for width in (2, 4, 5, 6):  # 5 and 6 reach the thin-product branch of _MiddleMatmul
+        fused = DeepTNModule(deep, dtype=torch.float64, window=width, seed=4)
+        (fused.dense() * target).sum().backward()
+        for name, gate in planner.gates.items():
+            torch.testing.assert_close(fused.gates[name].grad, gate.grad, rtol=1e-9, atol=1e-12)
+
+
 def test_scale_is_fixed_buffer_or_learnt_gain():
     axes = {"out": 32, "in": 64}
     module = DeepTNModule(build(axes, depth=2), dtype=torch.float64)

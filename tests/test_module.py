@@ -223,6 +223,7 @@ def test_cost():
 
 
 def test_torch_compile():
+    torch._dynamo.reset()
     m = adtn.compile(chain(), dtype=torch.float32)
     x = torch.randn(4, 64)
     compiled = torch.compile(lambda x: m.apply(x, "in"), backend="eager", fullgraph=False)

@@ -49,10 +49,8 @@ def check_weight(dense: Any, axes: Mapping[str, int], where: str) -> Tensor:
     want = tuple(axes.values())
     if tuple(dense.shape) != want:
         raise ShapeError(f"{where}: the weight has shape {tuple(dense.shape)}, but axes {dict(axes)} give {want}")
-    if torch.isnan(dense).any():
-        raise ShapeError(f"{where}: the weight contains NaN")
-    if torch.isinf(dense).any():
-        raise ShapeError(f"{where}: the weight contains inf")
+    if not bool(torch.isfinite(dense).all()):
+        raise ShapeError(f"{where}: the weight contains {'NaN' if bool(torch.isnan(dense).any()) else 'inf'}")
     return dense.detach()
 
 

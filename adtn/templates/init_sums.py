@@ -70,8 +70,8 @@ def _balanced(weights: Tensor, factors: list[Tensor]) -> list[Tensor]:
     return [f * share for f in factors]
 
 
-def _cp(dense: Tensor, rank: int, n_iter: int, seed: int) -> tuple[list[Tensor], float, list]:
-    """(factors with the scale spread, relative error, warnings cp_als raised) at one rank."""
+def _cp(dense: Tensor, rank: int, n_iter: int, seed: int, error: bool = True) -> tuple[list[Tensor], float, list]:
+    """(factors with the scale spread, relative error (nan unless ``error``), warnings cp_als raised)."""
     if dense.dim() == 2:
         u, s, vh = truncated_svd(dense, rank)
         factors = _balanced(s, [u, vh.mT])
@@ -83,6 +83,8 @@ def _cp(dense: Tensor, rank: int, n_iter: int, seed: int) -> tuple[list[Tensor],
             warnings.simplefilter("always")
             weights, factors = cp_als(dense, rank, n_iter=n_iter, seed=seed)
         factors = _balanced(weights, factors)
+    if not error:
+        return factors, math.nan, list(caught)
     approx = cp_to_tensor(torch.ones(rank, dtype=dense.dtype, device=dense.device), factors)
     return factors, rel_error(approx, dense), list(caught)
 
@@ -91,7 +93,7 @@ def _cp_search(dense: Tensor, tol: float, cap: int, n_iter: int, seed: int) -> t
     """The smallest rank found whose CP-ALS fit reaches ``tol``: doubling, then bisection."""
     if dense.dim() == 2:  # the truncated SVD: exact rank from the singular values
         rank = rank_for_tol(torch.linalg.svdvals(dense), tol)
-        factors, _, caught = _cp(dense, rank, n_iter, seed)
+        factors, _, caught = _cp(dense, rank, n_iter, seed, error=False)
         return rank, factors, caught
     fits: dict[int, tuple[list[Tensor], float, list]] = {}
     low, rank = 0, 1
@@ -133,7 +135,7 @@ def init_cp(
     caught: list = []
     if tol is None:
         graph = build(axes, rank=rank, **options)
-        factors, _, caught = _cp(dense, graph.legs(graph.nodes[0])["r"], n_iter, seed)
+        factors, _, caught = _cp(dense, graph.legs(graph.nodes[0])["r"], n_iter, seed, error=False)
     else:
         cap = math.prod(dense.shape) // max(dense.shape)
         rank, factors, caught = _cp_search(dense, tol, cap, n_iter, seed)
