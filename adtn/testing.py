@@ -10,7 +10,7 @@ import torch
 
 from .graph import TensorGraph
 
-__all__ = ["random_graph", "ncon_dense", "devices", "rel_error", "TEMPLATE_EXAMPLES"]
+__all__ = ["random_graph", "ncon_dense", "devices", "rel_error", "brickwall", "tt_chain", "TEMPLATE_EXAMPLES"]
 
 # A small, readable example per template: (axes, options). Registry-wide tests and the
 # docs' pictures use these; a template missing here is tried with a generic linear example.
@@ -107,3 +107,41 @@ def devices() -> list[Any]:
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative Frobenius error ||a - b|| / ||b||."""
     return float(torch.linalg.vector_norm(a - b) / max(float(torch.linalg.vector_norm(b)), math.ulp(1.0)))
+
+
+def tt_chain(modes: tuple[int, ...] = (4, 4, 4), rank: int = 3, name: str = "chain") -> TensorGraph:
+    """A hand-declared TT-matrix: cores ``c{k}`` with legs (l, o, i, r), square modes."""
+    g = TensorGraph(name)
+    d = len(modes)
+    for k, n in enumerate(modes):
+        legs = {"l": rank} if k else {}
+        legs.update(o=n, i=n)
+        if k < d - 1:
+            legs["r"] = rank
+        g.add_node(f"c{k}", legs=legs)
+    for k in range(d - 1):
+        g.bond(f"c{k}.r", f"c{k + 1}.l")
+    g.set_outputs({"out": [f"c{k}.o" for k in range(d)], "in": [f"c{k}.i" for k in range(d)]})
+    return g.freeze()
+
+
+def brickwall(q: int = 24, depth: int = 4) -> TensorGraph:
+    """A depth-``depth`` brick wall of 2x2x2x2 gates on q legs closed by [1, 0] vectors: the
+    planner's stress test (one output axis "state" of 2^q entries)."""
+    g = TensorGraph(f"brickwall{q}x{depth}")
+    top = {}
+    for k in range(q):
+        g.add_node(f"v{k}", legs={"s": 2}, role="fixed", value=[1.0, 0.0])
+        top[k] = f"v{k}.s"
+    n = 0
+    for _ in range(depth):
+        for start in (0, 1):
+            for k in range(start, q - 1, 2):
+                name = f"g{n}"
+                n += 1
+                g.add_node(name, legs={"i0": 2, "i1": 2, "o0": 2, "o1": 2})
+                g.bond(top[k], f"{name}.i0")
+                g.bond(top[k + 1], f"{name}.i1")
+                top[k], top[k + 1] = f"{name}.o0", f"{name}.o1"
+    g.set_outputs({"state": [top[k] for k in range(q)]})
+    return g.freeze()

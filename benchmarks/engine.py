@@ -20,10 +20,10 @@ import opt_einsum as oe
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import adtn  # noqa: E402
 from adtn.plan import clear_cache  # noqa: E402
+from adtn.testing import brickwall, tt_chain  # noqa: E402
 
 
 def best_of(fn, repeats: int, inner: int = 1) -> float:
@@ -38,38 +38,7 @@ def best_of(fn, repeats: int, inner: int = 1) -> float:
 
 
 def tt_matrix(modes=(8, 8, 8, 8), rank=16) -> adtn.TensorGraph:
-    g = adtn.TensorGraph("tt4096")
-    d = len(modes)
-    for k, n in enumerate(modes):
-        legs = {"l": rank} if k else {}
-        legs.update(o=n, i=n)
-        if k < d - 1:
-            legs["r"] = rank
-        g.add_node(f"c{k}", legs=legs)
-    for k in range(d - 1):
-        g.bond(f"c{k}.r", f"c{k + 1}.l")
-    g.set_outputs({"out": [f"c{k}.o" for k in range(d)], "in": [f"c{k}.i" for k in range(d)]})
-    return g.freeze()
-
-
-def brickwall(q=24, depth=4) -> adtn.TensorGraph:
-    g = adtn.TensorGraph(f"brickwall{q}x{depth}")
-    top = {}
-    for k in range(q):
-        g.add_node(f"v{k}", legs={"s": 2}, role="fixed", value=[1.0, 0.0])
-        top[k] = f"v{k}.s"
-    n = 0
-    for _ in range(depth):
-        for start in (0, 1):
-            for k in range(start, q - 1, 2):
-                name = f"g{n}"
-                n += 1
-                g.add_node(name, legs={"i0": 2, "i1": 2, "o0": 2, "o1": 2})
-                g.bond(top[k], f"{name}.i0")
-                g.bond(top[k + 1], f"{name}.i1")
-                top[k], top[k + 1] = f"{name}.o0", f"{name}.o1"
-    g.set_outputs({"state": [top[k] for k in range(q)]})
-    return g.freeze()
+    return tt_chain(modes, rank, name="tt4096")
 
 
 def main() -> None:

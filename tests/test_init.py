@@ -36,6 +36,7 @@ FULL = [
     ("tr", CONV, {"rank": [3, 24, 3], "modes": ((4, 4), (4, 2))}),  # spatial 9 = 3 x 3 first
     ("ht", LIN, {"rank": 10**6, "clip": True}),
     ("ht", CONV, {"rank": 10**6, "clip": True}),
+    ("ht", {"out": 16, "in": 16, "kh": 3, "kw": 3}, {"rank": 10**6, "clip": True, "d": 4}),  # 5 leaves
     ("tucker", LIN, {"rank": [32, 24]}),
     ("tucker", CONV, {"rank": [16, 8, 3, 3]}),
     ("tucker2", LIN, {"rank": (32, 24)}),
@@ -200,6 +201,15 @@ def test_tol_ranks_per_bond_for_tt():
     assert err <= 1e-2 and graph.meta["template"]["options"]["rank"] == [2, 6]
 
 
+def test_tol_beyond_the_template_bounds_warns_with_the_error_reached():
+    axes = {"out": 64, "in": 64}
+    w = weight(axes, 6)
+    with pytest.warns(RuntimeWarning, match=r"semi_tt init: tol=0.1 needs ranks above what the template allows.*"
+                      r"the error is 0\.\d+"):
+        graph, tensors = get("semi_tt").init(w, axes, tol=0.1, d=3)
+    assert graph.structure_hash() == get("semi_tt").build(axes, rank=[16, 16], d=3).structure_hash()
+
+
 # ---------------------------------------------------------------------------- padding, options
 def test_rank_above_what_tr_svd_uses_is_zero_padded_and_exact():
     axes = {"out": 16, "in": 16}
@@ -245,6 +255,21 @@ def test_cp_balances_the_weights_over_the_factors():
     _, tensors = get("cp").init(weight(CONV), CONV, rank=3)
     norms = torch.stack([t.norm(dim=0) for t in tensors.values()])
     assert torch.allclose(norms, norms[:1].expand_as(norms))
+
+
+@pytest.mark.parametrize("name", WITH_INIT)
+def test_a_zero_weight_needs_rank_one(name):
+    axes = AXES[name]
+    w = torch.zeros(*axes.values(), dtype=F64)
+    graph, tensors = get(name).init(w, axes, tol=0.1)
+    assert graph.num_params == get(name).build(axes, rank=2 if name.startswith("semi") else 1).num_params
+    assert contract(graph, tensors).abs().max() == 0
+
+
+def test_half_precision_weights_are_decomposed_in_float32():
+    w = weight(CONV).half()
+    graph, tensors = get("tucker2").init(w, CONV, rank=4)
+    assert rel_error(contract(graph, tensors), w.double()) < 0.95
 
 
 @pytest.mark.parametrize("device", devices())

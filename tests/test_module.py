@@ -9,23 +9,12 @@ from hypothesis import strategies as st
 
 import adtn
 from adtn.errors import AdtnError, GraphError, ShapeError
-from adtn.testing import devices, ncon_dense, random_graph
+from adtn.testing import devices, ncon_dense, random_graph, tt_chain
 
 
 def chain(n=4, r=3, d=3):
     """A TT-matrix-like chain of d cores with legs (o, i) of size n, bond r."""
-    g = adtn.TensorGraph("chain")
-    for k in range(d):
-        legs = {"o": n, "i": n}
-        if k:
-            legs = {"l": r, **legs}
-        if k < d - 1:
-            legs["r"] = r
-        g.add_node(f"c{k}", legs=legs)
-    for k in range(d - 1):
-        g.bond(f"c{k}.r", f"c{k + 1}.l")
-    g.set_outputs({"out": [f"c{k}.o" for k in range(d)], "in": [f"c{k}.i" for k in range(d)]})
-    return g.freeze()
+    return tt_chain((n,) * d, r)
 
 
 def ring(n=3, r=2, d=3):

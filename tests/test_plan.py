@@ -4,7 +4,7 @@ import torch
 import adtn
 from adtn.errors import GraphError
 from adtn.plan import choose_optimizer, clear_cache, signature
-from adtn.testing import ncon_dense, rel_error
+from adtn.testing import brickwall, ncon_dense, rel_error
 
 
 def long_chain(d=40, n=2, r=2):
@@ -20,27 +20,6 @@ def long_chain(d=40, n=2, r=2):
     for k in range(d - 1):
         g.bond(f"c{k}.r", f"c{k + 1}.l")
     g.set_outputs({"x": [f"c{k}.n" for k in range(d)]})
-    return g.freeze()
-
-
-def brickwall(q=24, depth=4):
-    """A depth-``depth`` brick wall of 2x2x2x2 gates on q legs, closed by [1, 0] vectors."""
-    g = adtn.TensorGraph(f"brickwall{q}x{depth}")
-    top = {}
-    for k in range(q):
-        g.add_node(f"v{k}", legs={"s": 2}, role="fixed", value=[1.0, 0.0])
-        top[k] = f"v{k}.s"
-    n = 0
-    for layer in range(depth):
-        for start in (0, 1):
-            for k in range(start, q - 1, 2):
-                name = f"g{n}"
-                n += 1
-                g.add_node(name, legs={"i0": 2, "i1": 2, "o0": 2, "o1": 2})
-                g.bond(top[k], f"{name}.i0")
-                g.bond(top[k + 1], f"{name}.i1")
-                top[k], top[k + 1] = f"{name}.o0", f"{name}.o1"
-    g.set_outputs({"state": [top[k] for k in range(q)]})
     return g.freeze()
 
 

@@ -91,7 +91,7 @@ def tr_svd_tol(tensor: Tensor, tol: float) -> list[Tensor]:
     rest = rest.reshape(r0, r1, rest_size).permute(1, 2, 0).reshape(modes)
     left = tol * norm * math.sqrt((d - 2) / d)
     rest_norm = float(torch.linalg.vector_norm(rest))
-    rest_tol = None if not left else left / rest_norm if rest_norm else 1.0  # d == 2: nothing left to cut
+    rest_tol = None if d == 2 else left / rest_norm if rest_norm else 1.0  # d == 2: nothing left to cut
     cores = tt_svd(rest, tol=rest_tol)
     cores[0] = cores[0].reshape(r1, -1, cores[0].shape[-1])
     cores[-1] = cores[-1].reshape(cores[-1].shape[0], -1, r0)

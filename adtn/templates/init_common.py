@@ -51,6 +51,8 @@ def check_weight(dense: Any, axes: Mapping[str, int], where: str) -> Tensor:
         raise ShapeError(f"{where}: the weight has shape {tuple(dense.shape)}, but axes {dict(axes)} give {want}")
     if not bool(torch.isfinite(dense).all()):
         raise ShapeError(f"{where}: the weight contains {'NaN' if bool(torch.isnan(dense).any()) else 'inf'}")
+    if dense.dtype in (torch.float16, torch.bfloat16):  # torch.linalg needs float32 or float64
+        dense = dense.float()
     return dense.detach()
 
 

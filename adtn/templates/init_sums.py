@@ -43,7 +43,7 @@ def _kron_decompose(dense: Tensor, graph: TensorGraph, tol: float | None) -> dic
     if tol is not None:
         r = rank_for_tol(s, tol)
         a, b, s = a[:r], b[:r], s[:r]
-    root = s.sqrt().clamp_min(torch.finfo(s.dtype).tiny)
+    root = torch.where(s > 0, s.sqrt(), torch.ones_like(s))  # a zero term keeps B_r = v_r: trainable
     shape = (-1,) + (1,) * (a.dim() - 1)
     return {"a": a / root.reshape(shape), "b": b * root.reshape(shape)}
 
@@ -65,9 +65,11 @@ def init_kronecker(
 
 # ---------------------------------------------------------------------- CP
 def _balanced(weights: Tensor, factors: list[Tensor]) -> list[Tensor]:
-    """Spread the (non-negative) term weights evenly over the factors."""
+    """Spread the (non-negative) term weights evenly over the factors; a zero term stays zero in
+    the first factor only, so gradient descent can still grow it."""
     share = weights.pow(1.0 / len(factors))
-    return [f * share for f in factors]
+    rest = torch.where(weights > 0, share, torch.ones_like(share))
+    return [factors[0] * share] + [f * rest for f in factors[1:]]
 
 
 def _cp(dense: Tensor, rank: int, n_iter: int, seed: int, error: bool = True) -> tuple[list[Tensor], float, list]:
