@@ -1,5 +1,6 @@
 """adtn: compress neural networks with tensor networks, on one graph engine."""
 
+from . import templates
 from .api import encode, load, save
 from .errors import AdtnError, FrozenGraphError, GraphError, RankError, SchemaError, ShapeError, TemplateError
 from .fitting import FitResult, fit
@@ -8,7 +9,6 @@ from .layers import TNConv1d, TNConv2d, TNLayer, TNLinear
 from .module import TNModule, compile
 from .plan import Cost, Plan, clear_cache, plan, signature
 from .train import History, evaluate, finetune, setup_distributed
-from . import templates  # noqa: E402  (registers the built-in templates)
 
 __version__ = "0.1.0"
 
@@ -16,9 +16,9 @@ __all__ = [
     "AdtnError",
     "Cost",
     "FitResult",
-    "History",
     "FrozenGraphError",
     "GraphError",
+    "History",
     "Plan",
     "RankError",
     "SchemaError",

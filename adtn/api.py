@@ -247,8 +247,8 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
 
 def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes, init, options):
     """(structure, node tensors) from the template's initialiser at the smallest size reaching ``tol``."""
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol:
-        raise RankError(f"{where}: tol is a relative Frobenius error > 0, got {tol!r}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
+        raise RankError(f"{where}: tol is a relative Frobenius error in (0, 1), got {tol!r}")
     axes = cls.weight_axes(**args)
     spec = resolve(where, template, axes, cls.kind, rank=rank, depth=depth, budget=budget, tol=tol, modes=modes,
                    options=options, nouns=cls.nouns)

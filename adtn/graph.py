@@ -21,7 +21,7 @@ import networkx as nx
 
 from .errors import FrozenGraphError, GraphError, SchemaError, ShapeError
 
-__all__ = ["TensorGraph", "Leg", "Bond", "ROLES", "SCHEMA", "SYMBOLIC_VALUES"]
+__all__ = ["ROLES", "SCHEMA", "SYMBOLIC_VALUES", "Bond", "Leg", "TensorGraph"]
 
 SCHEMA = "adtn.graph/1"
 ROLES = ("param", "fixed", "input")
@@ -260,8 +260,7 @@ class TensorGraph:
         return tuple(self.node(node)["legs"].values())
 
     def iter_legs(self) -> Iterable[tuple[str, dict[str, int]]]:
-        for name, legs in self._g.nodes(data="legs"):
-            yield name, legs
+        yield from self._g.nodes(data="legs")
 
     def leg(self, ref: str | tuple[str, str] | Leg) -> Leg:
         """Parse ``"node.leg"`` (or a pair) and check that the leg exists."""

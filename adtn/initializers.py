@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from .errors import AdtnError, ShapeError
 from .graph import TensorGraph
 
-__all__ = ["InitSpec", "initial_tensors", "fixed_tensor", "identity_like"]
+__all__ = ["InitSpec", "fixed_tensor", "identity_like", "initial_tensors"]
 
-InitSpec = Union[str, Mapping[str, torch.Tensor], Callable[[str, tuple[int, ...]], torch.Tensor]]
+InitSpec = str | Mapping[str, torch.Tensor] | Callable[[str, tuple[int, ...]], torch.Tensor]
 
 
 def identity_like(shape: tuple[int, ...], dtype: torch.dtype, device: Any = None) -> torch.Tensor:

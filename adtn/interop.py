@@ -15,7 +15,7 @@ from .errors import AdtnError, GraphError
 from .graph import TensorGraph
 from .module import TNModule
 
-__all__ = ["to_tensornetwork", "from_tensornetwork"]
+__all__ = ["from_tensornetwork", "to_tensornetwork"]
 
 
 def _tn() -> Any:

@@ -251,7 +251,7 @@ def _compiling() -> bool:
     return bool(compiler and compiler.is_compiling())
 
 
-def compile(graph: Any, init: InitSpec | torch.Tensor = "normal", **options: Any) -> nn.Module:  # noqa: A001
+def compile(graph: Any, init: InitSpec | torch.Tensor = "normal", **options: Any) -> nn.Module:
     """Compile a TensorGraph into a ``TNModule`` (see its docstring for the options), or a
     deep ADTN structure (``DeepTN``) into a ``DeepTNModule``.
 

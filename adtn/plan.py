@@ -20,7 +20,7 @@ import torch
 from .errors import AdtnError, GraphError
 from .graph import TensorGraph
 
-__all__ = ["Signature", "Cost", "Plan", "signature", "plan", "choose_optimizer", "clear_cache", "execute", "Step"]
+__all__ = ["Cost", "Plan", "Signature", "Step", "choose_optimizer", "clear_cache", "execute", "plan", "signature"]
 
 BATCH = "_batch"  # operand-name prefix of inputs fed to output axes
 _CACHE: OrderedDict[tuple, Plan] = OrderedDict()

@@ -10,7 +10,7 @@ import torch
 
 from .graph import TensorGraph
 
-__all__ = ["random_graph", "ncon_dense", "devices", "rel_error", "brickwall", "tt_chain", "TEMPLATE_EXAMPLES"]
+__all__ = ["TEMPLATE_EXAMPLES", "brickwall", "devices", "ncon_dense", "random_graph", "rel_error", "tt_chain"]
 
 # A small, readable example per template: (axes, options). Registry-wide tests and the
 # docs' pictures use these; a template missing here is tried with a generic linear example.

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import adtn  # noqa: E402
-from adtn.plan import clear_cache  # noqa: E402
-from adtn.testing import brickwall, tt_chain  # noqa: E402
+import adtn
+from adtn.plan import clear_cache
+from adtn.testing import brickwall, tt_chain
 
 
 def best_of(fn, repeats: int, inner: int = 1) -> float:

@@ -12,6 +12,7 @@ import adtn
 from adtn.graph import TensorGraph
 from adtn.testing import TEMPLATE_EXAMPLES as EXAMPLES
 
+
 def draw_all(out: Path) -> list[Path]:
     """Draw each registered template (with a generic example for ones not listed above)."""
     out.mkdir(parents=True, exist_ok=True)

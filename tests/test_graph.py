@@ -1,5 +1,6 @@
 import json
 
+import networkx as nx
 import pytest
 import torch
 
@@ -122,7 +123,7 @@ def test_mutation_after_freeze_raises():
         g.bond("b.j", "c.m")
     with pytest.raises(FrozenGraphError, match="frozen: cannot set outputs"):
         g.set_outputs({})
-    with pytest.raises(Exception):
+    with pytest.raises(nx.NetworkXError, match="Frozen graph"):
         g.nx.add_node("sneaky")
 
 

@@ -206,7 +206,7 @@ def test_tol_beyond_the_template_bounds_warns_with_the_error_reached():
     w = weight(axes, 6)
     with pytest.warns(RuntimeWarning, match=r"semi_tt init: tol=0.1 needs ranks above what the template allows.*"
                       r"the error is 0\.\d+"):
-        graph, tensors = get("semi_tt").init(w, axes, tol=0.1, d=3)
+        graph, _ = get("semi_tt").init(w, axes, tol=0.1, d=3)
     assert graph.structure_hash() == get("semi_tt").build(axes, rank=[16, 16], d=3).structure_hash()
 
 

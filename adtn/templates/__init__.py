@@ -4,4 +4,4 @@ from .registry import TEMPLATES, Template, get, names, register, template_of
 
 __all__ = ["TEMPLATES", "Template", "get", "names", "register", "template_of"]
 
-from . import adtn, cp, ht, kronecker, semi, semi_tucker, tt, tucker  # noqa: E402,F401  (registers the templates)
+from . import adtn, cp, ht, kronecker, semi, semi_tucker, tt, tucker  # noqa: F401  (registers the templates)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import TemplateError
 
-__all__ = ["Template", "register", "get", "names", "template_of", "TEMPLATES"]
+__all__ = ["TEMPLATES", "Template", "get", "names", "register", "template_of"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Template:
     name: str
     build: Callable[..., Any]
     formula: Callable[..., int] | None = None
-    init: Callable[..., dict] | None = None
+    init: Callable[..., tuple[Any, dict]] | None = None
     kinds: tuple[str, ...] = ("linear", "conv")
     doc: str = ""
 
@@ -40,7 +40,7 @@ def register(
     name: str,
     *,
     formula: Callable[..., int] | None = None,
-    init: Callable[..., dict] | None = None,
+    init: Callable[..., tuple[Any, dict]] | None = None,
     kinds: tuple[str, ...] = ("linear", "conv"),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: ``@register("tt", formula=tt_params)`` on a template's build function."""
