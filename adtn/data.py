@@ -17,7 +17,7 @@ import gzip
 import importlib.util
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .errors import AdtnError
 
-__all__ = ["DATASETS", "CIFAR10_CLASSES", "Split", "load", "load_cifar10", "load_digits", "load_mnist5k"]
+__all__ = ["CIFAR10_CLASSES", "DATASETS", "Split", "load", "load_cifar10", "load_digits", "load_mnist5k"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _DIGITS = tuple(str(d) for d in range(10))
@@ -46,7 +46,8 @@ class Split:
             images use the same statistics), unless loaded with ``normalize=False``.
         train_y, test_y: int64 labels in ``0 .. len(classes) - 1``.
         test_indices: int64, sorted; the position in the source data of every test image,
-            in the order of ``test_x`` (train images keep source order too: ``train_indices``).
+            in the order of ``test_x``.
+        train_indices: int64, sorted; the same for ``train_x`` (the two are disjoint).
         classes: the class names, indexed by label.
         mean, std: float32 per-channel statistics used for normalisation (0 and 1 when off).
     """
@@ -57,9 +58,10 @@ class Split:
     test_x: torch.Tensor
     test_y: torch.Tensor
     test_indices: torch.Tensor
+    train_indices: torch.Tensor
     classes: tuple[str, ...]
-    mean: torch.Tensor = field(default_factory=lambda: torch.zeros(1))
-    std: torch.Tensor = field(default_factory=lambda: torch.ones(1))
+    mean: torch.Tensor
+    std: torch.Tensor
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -69,14 +71,6 @@ class Split:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-    @property
-    def train_indices(self) -> torch.Tensor:
-        """The source positions of the training images (every position not in ``test_indices``)."""
-        total = len(self.train_x) + len(self.test_x)
-        keep = torch.ones(total, dtype=torch.bool)
-        keep[self.test_indices] = False
-        return keep.nonzero().flatten()
 
     def loaders(
         self, batch_size: int = 128, shuffle_seed: int = 0, *, test_batch_size: int | None = None, num_workers: int = 0
@@ -114,7 +108,7 @@ def split_indices(labels: np.ndarray, test_fraction: float, seed: int, where: st
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         order = torch.randperm(len(members), generator=gen).numpy()
-        picked.append(members[order[: int(round(test_fraction * len(members)))]])
+        picked.append(members[order[: round(test_fraction * len(members))]])
     test = np.sort(np.concatenate(picked))
     if len(test) == 0 or len(test) == len(labels):
         raise AdtnError(f"{where}: test_fraction {test_fraction} of {len(labels)} images leaves "
@@ -129,13 +123,17 @@ def make_split(
     test_idx: np.ndarray,
     classes: tuple[str, ...],
     normalize: bool = True,
+    source: np.ndarray | None = None,
 ) -> Split:
-    """A ``Split`` from images ``N x C x H x W`` already in [0, 1] and the sorted test positions."""
+    """A ``Split`` from images ``N x C x H x W`` already in [0, 1] and the sorted rows to test on.
+
+    ``source`` gives each row's position in the source data (default: the row number).
+    """
     x = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32)
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    test = torch.as_tensor(test_idx, dtype=torch.int64)
+    y = torch.tensor(labels, dtype=torch.int64)
     is_test = torch.zeros(len(x), dtype=torch.bool)
-    is_test[test] = True
+    is_test[torch.as_tensor(test_idx, dtype=torch.int64)] = True
+    where = torch.arange(len(x)) if source is None else torch.as_tensor(source, dtype=torch.int64)
     train_x, test_x = x[~is_test], x[is_test]
     channels = x.shape[1]
     mean, std = torch.zeros(channels), torch.ones(channels)
@@ -145,7 +143,8 @@ def make_split(
         shape = (1, channels, 1, 1)
         train_x = (train_x - mean.view(shape)) / std.view(shape)
         test_x = (test_x - mean.view(shape)) / std.view(shape)
-    return Split(name, train_x.contiguous(), y[~is_test], test_x.contiguous(), y[is_test], test, classes, mean, std)
+    return Split(name, train_x.contiguous(), y[~is_test], test_x.contiguous(), y[is_test], where[is_test],
+                 where[~is_test], classes, mean, std)
 
 
 def mnist5k_path() -> Path:
@@ -258,6 +257,9 @@ def load_cifar10(
 
     The batches are read with ``pickle``: only point this at files you trust.
     """
+    for key, value in (("max_train", max_train), ("max_test", max_test)):
+        if value is not None and value < 1:
+            raise AdtnError(f"load_cifar10: {key} must be at least 1 (or None for all), got {value}")
     folder = _cifar_dir(data_dir)
     parts = [_read_batch(folder / name) for name in _CIFAR_FILES]
     train_x = np.concatenate([p[0] for p in parts[:-1]])[:max_train]
@@ -266,11 +268,9 @@ def load_cifar10(
     test_x, test_y = parts[-1][0][:max_test], parts[-1][1][:max_test]
     images = np.concatenate([train_x, test_x]).astype(np.float32) / 255.0
     labels = np.concatenate([train_y, test_y])
-    split = make_split("cifar10", images, labels, np.arange(len(train_x), len(labels)), _cifar_classes(folder),
-                       normalize)
-    source_test = torch.arange(n_source_train, n_source_train + len(test_x), dtype=torch.int64)
-    return Split(split.name, split.train_x, split.train_y, split.test_x, split.test_y, source_test,
-                 split.classes, split.mean, split.std)
+    source = np.concatenate([np.arange(len(train_x)), n_source_train + np.arange(len(test_x))])
+    return make_split("cifar10", images, labels, np.arange(len(train_x), len(labels)), _cifar_classes(folder),
+                      normalize, source)
 
 
 def _cifar_classes(folder: Path) -> tuple[str, ...]:

@@ -1,0 +1,545 @@
+"""Whole-model compression: ``compress`` walks a model and encodes every layer a policy selects.
+
+    model, report = adtn.compress(model, policy="hybrid", budget=0.1, calibration=batch)
+    print(report)
+    adtn.finetune(model, train_loader, val_loader, epochs=3, teacher=original)
+
+Policies (per ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` layer not skipped):
+
+- a template name: that template everywhere;
+- ``"hybrid"``: HT for linear layers, TT for conv layers (Wu et al. 2020, METHODS.md section 3);
+- ``"mixed"``: Tucker-2 or CP at the same budget, whichever gives the lower output error on
+  the calibration batch (the lower weight error without one; MTD, METHODS.md section 4);
+- ``"auto"``: every template that fits the layer (``candidates=``; default all registered but
+  ``adtn`` and ``semi_*``, and always ``cp``, which on a weight matrix is exactly the truncated
+  SVD), each at the layer's share of the budget; the lowest error is kept;
+- a dict from layer name (or glob pattern; first match wins) to a template name, one of the
+  policy names above, an options dict ``{"template": ..., **options}`` (``"template"`` may be
+  a list of candidates), or None (left dense); layers that match no key stay dense;
+- a callable ``f(name)`` or ``f(name, module)`` returning any such value.
+
+Budget allocation: ``budget`` is the parameter fraction of the compressed layers' weights
+(biases stay dense). Each layer gets the same fraction of its own weight (a layer whose
+smallest size is above that share takes its smallest size, and the others share what is
+left); each layer takes the largest size (uniform rank, or depth) within its share, then
+the layers furthest below their share grow one size step at a time while the total stays
+within budget (one last step may overshoot by up to 10%). The achieved total is within 10% of
+``budget`` times the dense parameters, or a ``RankError`` says which layers cannot get that
+small. Alternatives, not implemented: shares proportional to a layer's sensitivity (its
+calibration error per parameter), or a global greedy that removes parameters where the
+error grows least.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .api import _knob_for_budget, _template_params, encode, resolve
+from .errors import AdtnError, RankError, TemplateError
+from .report import LayerRow, Report, layer_flops
+from .templates import get, names
+
+__all__ = ["POLICIES", "compress", "default_candidates"]
+
+POLICIES = ("hybrid", "mixed", "auto")
+SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+LAYER_KEYS = ("init", "forward", "fit_options")  # encode options that are not the template's
+SIZE_KEYS = ("rank", "depth", "budget", "tol")
+TOLERANCE = 0.1
+
+
+def default_candidates(kind: str) -> list[str]:
+    """The templates ``auto`` tries on a ``kind`` ("linear" / "conv") layer: all that fit but
+    ``adtn`` (fitting is slow) and ``semi_*``."""
+    return [n for n in names() if kind in get(n).kinds and n != "adtn" and not n.startswith("semi_")]
+
+
+# ---------------------------------------------------------------------- one layer's sizes
+@dataclass
+class _Ladder:
+    """A template's sizes on one layer: its size option (``knob``) and the parameter count of each value."""
+
+    template: str
+    knob: str
+    axes: dict[str, int]
+    kwargs: dict[str, Any]
+    dense: int
+    step: int = 1
+    counts: dict[int, int | None] = field(default_factory=dict)
+
+    def count(self, v: int) -> int | None:
+        if v not in self.counts:
+            try:
+                self.counts[v] = get(self.template).formula(self.axes, **self.kwargs, **{self.knob: v})
+            except AdtnError:
+                self.counts[v] = None
+        return self.counts[v]
+
+    def smallest(self) -> int:
+        return self.step
+
+    def within(self, target: float) -> int | None:
+        """The largest value whose count is at most ``target``; None when even the smallest is above."""
+        t = get(self.template)
+        try:
+            return _knob_for_budget("compress", t, self.axes, self.knob, self.kwargs, target / self.dense, self.dense)
+        except RankError:
+            return None
+
+    def up(self, v: int) -> int | None:
+        """The next value with more parameters (at most the dense count), or None."""
+        now = self.count(v)
+        for k in range(1, 257):
+            c = self.count(v + k * self.step)
+            if c is None or c > self.dense:
+                return None
+            if c > now:
+                return v + k * self.step
+        return None
+
+
+def _ladder(where: str, module: nn.Module, template: str, opts: Mapping[str, Any]) -> _Ladder:
+    from .layers import TNConv1d, TNConv2d, TNLinear
+
+    t = get(template)
+    params = _template_params(t)
+    knob = "rank" if "rank" in params else "depth" if "depth" in params else None
+    if knob is None or t.formula is None:
+        raise TemplateError(f"{where}: a budget needs template {t.name!r} to have a size option and a parameter "
+                            "formula; give this layer its options (rank=...) in a dict policy")
+    cls = TNLinear if isinstance(module, nn.Linear) else TNConv2d if isinstance(module, nn.Conv2d) else TNConv1d
+    weight = module.weight
+    axes = dict(zip(["out", "in", *(["kh", "kw"] if weight.dim() == 4 else ["kw"] if weight.dim() == 3 else [])],
+                    weight.shape))
+    template_opts = {k: v for k, v in opts.items() if k not in LAYER_KEYS + ("modes",)}
+    spec = resolve(where, template, axes, cls.kind, modes=opts.get("modes"), options=template_opts,
+                   nouns=cls.nouns, **{knob: 1})
+    kwargs = {k: v for k, v in spec.kwargs.items() if k != knob}
+    if "clip" in params:
+        kwargs.setdefault("clip", True)
+    ladder = _Ladder(template, knob, spec.axes, kwargs, weight.numel())
+    ladder.step = next((r for r in range(1, 65) if ladder.count(r) is not None), 0)
+    if not ladder.step:
+        raise RankError(f"{where}: template {template!r} has no valid size on this layer ({knob}=1..64 all fail)")
+    return ladder
+
+
+# ---------------------------------------------------------------------- jobs
+@dataclass
+class _Job:
+    name: str
+    module: nn.Module
+    candidates: list[str]
+    opts: dict[str, Any]
+    fixed: bool  # the options give the size
+    chosen: str = ""
+    ladder: _Ladder | None = None
+    value: int = 0
+    tried: dict[str, float] = field(default_factory=dict)
+    built: dict[tuple[str, int], nn.Module] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def dense(self) -> int:
+        return self.module.weight.numel()
+
+    @property
+    def params(self) -> int:
+        return self.ladder.count(self.value)
+
+
+def _policy_names() -> str:
+    return f"template names {names()}, {', '.join(repr(p) for p in POLICIES)}, or a dict / callable from layer name"
+
+
+def _candidates(where: str, value: Any, kind: str, candidates: Sequence[str] | None) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [c for v in value for c in _candidates(where, v, kind, candidates)]
+    if not isinstance(value, str):
+        raise TemplateError(f"{where}: a policy value must be a template or policy name, an options dict or None, "
+                            f"got {value!r}")
+    if value == "hybrid":
+        return ["ht" if kind == "linear" else "tt"]
+    if value == "mixed":
+        return ["tucker2", "cp"]
+    if value == "auto":
+        pool = [c for c in (candidates or default_candidates(kind)) if kind in get(c).kinds]
+        return pool + (["cp"] if kind == "linear" and "cp" not in pool else [])
+    if value not in names():
+        raise TemplateError(f"{where}: unknown policy {value!r}; valid: {_policy_names()}")
+    return [value]
+
+
+def _lookup(policy: Any, name: str, module: nn.Module) -> Any:
+    if isinstance(policy, Mapping):
+        for key, value in policy.items():
+            if name == key or fnmatch.fnmatchcase(name, key):
+                return value
+        return None
+    if callable(policy) and not isinstance(policy, str):
+        try:
+            n = len([p for p in inspect.signature(policy).parameters.values() if p.default is p.empty])
+        except (TypeError, ValueError):
+            n = 1
+        return policy(name, module) if n >= 2 else policy(name)
+    return policy
+
+
+def _skipped(name: str, module: nn.Module, skip: Sequence[Any]) -> bool:
+    for s in skip:
+        if isinstance(s, type) and isinstance(module, s):
+            return True
+        if isinstance(s, str) and (name == s or name.startswith(s + ".") or fnmatch.fnmatchcase(name, s)):
+            return True
+    return False
+
+
+def _unsupported(module: nn.Module) -> str | None:
+    if getattr(module, "groups", 1) != 1:
+        return f"groups={module.groups} is not supported"
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        return f"padding_mode={module.padding_mode!r} is not supported"
+    return None
+
+
+def _jobs(model: nn.Module, policy: Any, skip: Sequence[Any], options: dict[str, Any],
+          candidates: Sequence[str] | None, budget: float | None) -> tuple[list[_Job], list[tuple[str, str]]]:
+    from .layers import TNLayer
+
+    jobs, skipped = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, SUPPORTED) or isinstance(module, TNLayer):
+            continue
+        where = f"compress: layer {name or '.'!r} ({type(module).__name__})"
+        if _skipped(name, module, skip):
+            skipped.append((name, "skip"))
+            continue
+        why = _unsupported(module)
+        value = _lookup(policy, name, module)
+        if why or value is None:
+            skipped.append((name, why or "the policy leaves it dense"))
+            continue
+        opts = dict(options)
+        if isinstance(value, Mapping):
+            opts.update({k: v for k, v in value.items() if k != "template"})
+            if "template" not in value:
+                raise TemplateError(f"{where}: an options dict needs a 'template' key, got {dict(value)}")
+            value = value["template"]
+        kind = "linear" if isinstance(module, nn.Linear) else "conv"
+        cands = list(dict.fromkeys(_candidates(where, value, kind, candidates)))
+        fixed = any(opts.get(k) is not None for k in SIZE_KEYS)
+        if not fixed and budget is None:
+            raise RankError(f"{where}: give budget= (a fraction of the parameters) or a size (rank=, depth=, tol=) "
+                            "in the options")
+        opts.setdefault("init", "auto")
+        jobs.append(_Job(name, module, cands, opts, fixed))
+    return jobs, skipped
+
+
+def _opts_for(template: str, opts: Mapping[str, Any], several: bool) -> dict[str, Any]:
+    """The options given to ``encode``: with several candidates only those the template takes."""
+    if not several:
+        return dict(opts)
+    params = _template_params(get(template))
+    return {k: v for k, v in opts.items() if k in params or k in LAYER_KEYS or k in SIZE_KEYS}
+
+
+# ---------------------------------------------------------------------- errors and choice
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(torch.finfo(b.dtype).tiny))
+
+
+@torch.no_grad()
+def _errors(job: _Job, layer: nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[float, float | None]:
+    """(relative weight error, relative output error on the calibration input or None)."""
+    was = layer.training
+    layer.eval()
+    try:
+        werr = _rel(layer.weight, job.module.weight)
+        x = inputs.get(job.name)
+        cerr = None
+        if x is not None:
+            ref_was = job.module.training
+            job.module.eval()
+            try:
+                cerr = _rel(layer(x), job.module(x))
+            finally:
+                job.module.train(ref_was)
+    finally:
+        layer.train(was)
+    return werr, cerr
+
+
+def _build(job: _Job, template: str, value: int | None) -> nn.Module:
+    key = (template, value)
+    if key not in job.built:
+        opts = _opts_for(template, job.opts, len(job.candidates) > 1)
+        if value is not None:
+            opts[job.ladder.knob if job.ladder and job.ladder.template == template else _knob(template)] = value
+            if "clip" in _template_params(get(template)):
+                opts.setdefault("clip", True)
+        where = f"compress: layer {job.name!r}"
+        try:
+            job.built[key] = encode(job.module, template, **opts)
+        except AdtnError as err:
+            raise type(err)(f"{where}: {err}") from None
+    return job.built[key]
+
+
+def _knob(template: str) -> str:
+    return "rank" if "rank" in _template_params(get(template)) else "depth"
+
+
+def _choose(job: _Job, share: float | None, inputs: Mapping[str, torch.Tensor]) -> None:
+    """Pick the job's template: the only candidate, or the lowest error at ``share`` of its weight."""
+    where = f"compress: layer {job.name!r} ({type(job.module).__name__})"
+    if len(job.candidates) == 1 and job.fixed:
+        job.chosen = job.candidates[0]
+        return
+    tries: dict[str, tuple[_Ladder | None, int | None]] = {}
+    reasons = {}
+    for t in job.candidates:
+        if job.fixed:
+            tries[t] = (None, None)
+            continue
+        try:
+            ladder = _ladder(where, job.module, t, _opts_for(t, job.opts, len(job.candidates) > 1))
+        except AdtnError as err:
+            reasons[t] = str(err)
+            continue
+        tries[t] = (ladder, ladder.within(share * job.dense))
+    if not tries:
+        raise TemplateError(f"{where}: no candidate template can be sized here: {reasons}")
+    feasible = {t: lv for t, lv in tries.items() if job.fixed or lv[1] is not None}
+    pool = feasible or {t: (lad, lad.smallest()) for t, (lad, _) in tries.items()}
+    if len(pool) == 1:
+        job.chosen, (job.ladder, _) = next(iter(pool.items()))
+        return
+    for t, (ladder, value) in pool.items():
+        job.ladder = ladder
+        try:
+            werr, cerr = _errors(job, _build(job, t, value), inputs)
+        except AdtnError as err:
+            reasons[t] = str(err)
+            continue
+        job.tried[t] = cerr if cerr is not None else werr
+    if not job.tried:
+        raise TemplateError(f"{where}: every candidate template failed: {reasons}")
+    job.chosen = min(job.tried, key=job.tried.get)
+    job.ladder = pool[job.chosen][0]
+
+
+# ---------------------------------------------------------------------- budget allocation
+def _allocate(jobs: list[_Job], target: float) -> None:
+    """Set each flexible job's size so that their parameters total about ``target`` (see the module doc)."""
+    if not jobs:
+        return
+    floor = {id(j): j.ladder.count(j.ladder.smallest()) for j in jobs}
+    tight: set[int] = set()
+    while True:  # layers whose smallest size is above their share take it; the rest share what is left
+        rest = [j for j in jobs if id(j) not in tight]
+        left = target - sum(floor[id(j)] for j in jobs if id(j) in tight)
+        share = left / sum(j.dense for j in rest) if rest else 0.0
+        more = {id(j) for j in rest if share <= 0 or floor[id(j)] > share * j.dense}
+        if not more:
+            break
+        tight |= more
+    for j in jobs:
+        v = None if id(j) in tight else j.ladder.within(share * j.dense)
+        j.value = j.ladder.smallest() if v is None else v
+        if id(j) in tight:
+            j.note = (f"its smallest {j.chosen!r} size ({floor[id(j)]:,} parameters, {floor[id(j)] / j.dense:.1%}) "
+                      "is above its share of the budget")
+    total = sum(j.params for j in jobs)
+    high = target * (1 + TOLERANCE)
+    if total > high:
+        layers = ", ".join(f"{j.name!r} ({j.chosen}: >= {floor[id(j)]:,} of {j.dense:,})" for j in jobs
+                           if id(j) in tight)
+        raise RankError(f"compress: the budget ({target:,.0f} parameters) is below what the layers can get to: the "
+                        f"smallest sizes total {total:,}; too big: {layers}; raise budget= or skip= those layers")
+    nxt = {id(j): j.ladder.up(j.value) for j in jobs}
+    for _ in range(100_000):
+        if total >= target:
+            break
+        steps = []
+        for j in jobs:
+            v = nxt[id(j)]
+            if v is not None:
+                new = total - j.params + j.ladder.count(v)
+                if new <= high:
+                    steps.append((new, j.params / j.dense, j, v))
+        if not steps:
+            break
+        under = [s for s in steps if s[0] <= target]
+        new, _, j, v = min(under, key=lambda s: s[1]) if under else min(steps, key=lambda s: abs(s[0] - target))
+        j.value, total = v, new
+        nxt[id(j)] = j.ladder.up(v)
+        if not under:
+            break
+
+
+# ---------------------------------------------------------------------- calibration
+def _call(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(batch[0])
+    return model(batch)
+
+
+@torch.no_grad()
+def _capture(model: nn.Module, jobs: Iterable[_Job], batch: Any) -> tuple[dict[str, torch.Tensor], Any]:
+    """Each job's first input in a forward pass of ``batch``, and the model's output."""
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [j.module.register_forward_pre_hook(
+        lambda mod, args, name=j.name: inputs.setdefault(name, args[0].detach())) for j in jobs]
+    was = model.training
+    try:
+        model.eval()
+        out = _call(model, batch)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return inputs, out
+
+
+@torch.no_grad()
+def _model_error(model: nn.Module, batch: Any, ref: Any) -> float | None:
+    if not isinstance(ref, torch.Tensor):
+        return None
+    was = model.training
+    try:
+        model.eval()
+        out = _call(model, batch)
+    finally:
+        model.train(was)
+    return _rel(out, ref) if isinstance(out, torch.Tensor) else None
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    if not name:
+        return new
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    return model
+
+
+# ---------------------------------------------------------------------- compress
+def compress(
+    model: nn.Module,
+    policy: str | Mapping[str, Any] | Callable[..., Any] = "hybrid",
+    *,
+    budget: float | None = None,
+    skip: Sequence[str | type] = (),
+    calibration: Any = None,
+    inplace: bool = False,
+    candidates: Sequence[str] | None = None,
+    **template_options: Any,
+) -> tuple[nn.Module, Report]:
+    """Replace a model's Linear / Conv1d / Conv2d layers by TN layers initialised from their weights.
+
+    Args:
+        model: any ``nn.Module`` (or a single layer).
+        policy: a template name, ``"hybrid"``, ``"mixed"``, ``"auto"``, a dict or a callable
+            (see the module doc).
+        budget: the parameter fraction of the compressed layers' weights, in (0, 1], allocated
+            across layers as the module doc says and met within 10%. None: every layer's size
+            comes from the options (``rank=``, ``depth=``, ``tol=``).
+        skip: layer names (a name skips its submodules too; glob patterns allowed) or module
+            types left dense; a name that matches no layer is an error.
+        calibration: an input batch: a tensor (``model(x)``), a tuple / list whose first item is
+            the input (a loader's ``(x, y)``), or a dict of keyword inputs. It gives each layer's
+            output error and the model's, conv FLOPs at the real input size, and the
+            ``mixed`` / ``auto`` choices (weight error without it).
+        inplace: change ``model`` itself; False (default) leaves it untouched and works on a copy.
+        candidates: the templates ``auto`` tries (default ``default_candidates(kind)``).
+        **template_options: given to every ``adtn.encode`` call (``init=``, ``forward=``,
+            ``modes=``, ``d=``, ``rank=``, ...); ``init`` defaults to ``"auto"``.
+
+    Returns:
+        ``(model, report)``: the compressed model (in the original's training mode) and a ``Report``.
+    """
+    if not isinstance(model, nn.Module):
+        raise AdtnError(f"compress: model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(policy, str) and policy not in POLICIES and policy not in names():
+        raise TemplateError(f"compress: unknown policy {policy!r}; valid: {_policy_names()}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 < budget <= 1):
+        raise RankError(f"compress: budget is the fraction of the compressed layers' parameters, in (0, 1], "
+                        f"got {budget!r}")
+    sizes = [k for k in SIZE_KEYS if template_options.get(k) is not None]
+    if budget is not None and sizes:
+        raise RankError(f"compress: give budget= or a size for every layer ({', '.join(sizes)}=), not both")
+    skip = (skip,) if isinstance(skip, (str, type)) else tuple(skip)
+    all_names = [n for n, _ in model.named_modules()]
+    for s in skip:
+        if isinstance(s, str) and not any(n == s or n.startswith(s + ".") or fnmatch.fnmatchcase(n, s)
+                                          for n in all_names):
+            raise AdtnError(f"compress: skip={s!r} matches no module of {type(model).__name__}; "
+                            f"modules: {[n for n in all_names if n][:20]}")
+        if not isinstance(s, (str, type)):
+            raise AdtnError(f"compress: skip takes module names or types, got {s!r}")
+    work = model if inplace else copy.deepcopy(model)
+    jobs, skipped = _jobs(work, policy, skip, template_options, candidates, budget)
+    if not jobs:
+        left = f"; left dense: {skipped}" if skipped else ""
+        raise AdtnError(f"compress: no nn.Linear/nn.Conv1d/nn.Conv2d layers left to compress in "
+                        f"{type(model).__name__}(...) after skip={skip!r}{left}")
+    inputs, ref = _capture(work, jobs, calibration) if calibration is not None else ({}, None)
+
+    flexible = [j for j in jobs if not j.fixed]
+    for j in jobs:
+        if j.fixed:
+            _choose(j, None, inputs)
+    fixed_params = sum(_build(j, j.chosen, None).num_tn_params for j in jobs if j.fixed)
+    if flexible:
+        target = budget * sum(j.dense for j in jobs) - fixed_params
+        if target <= 0:
+            raise RankError(f"compress: the layers with sizes given already take {fixed_params:,} parameters, more "
+                            f"than the budget {budget} allows ({budget * sum(j.dense for j in jobs):,.0f})")
+        share = target / sum(j.dense for j in flexible)
+        for j in flexible:
+            _choose(j, share, inputs)
+        _allocate(flexible, target)
+
+    report = Report(policy=_policy_text(policy), budget=budget,
+                    model_params_before=sum(p.numel() for p in model.parameters()),
+                    flops_unit="per sample" if inputs else "per output position (conv) / row (linear)")
+    for j in jobs:
+        layer = _build(j, j.chosen, None if j.fixed else j.value)
+        layer.train(j.module.training)
+        werr, cerr = _errors(j, layer, inputs)
+        shape = tuple(inputs[j.name].shape) if j.name in inputs else None
+        before, _ = layer_flops(j.module, shape)
+        after, fwd = layer_flops(layer, shape)
+        report.rows.append(LayerRow(j.name or ".", type(j.module).__name__, j.chosen, dict(layer.template_options),
+                                    j.dense, layer.num_tn_params, before, after, fwd, werr, cerr, dict(j.tried),
+                                    j.note))
+        work = _replace(work, j.name, layer)
+    report.skipped = skipped
+    report.model_params_after = sum(p.numel() for p in work.parameters())
+    if calibration is not None:
+        report.model_error = _model_error(work, calibration, ref)
+    if budget is not None and not flexible == [] and abs(report.fraction - budget) > TOLERANCE * budget:
+        warnings.warn(f"compress: achieved {report.fraction:.4f} of the parameters, more than 10% from budget="
+                      f"{budget} (the layers' sizes ran out); see the report", stacklevel=2)
+    return work, report
+
+
+def _policy_text(policy: Any) -> str:
+    if isinstance(policy, str):
+        return policy
+    if isinstance(policy, Mapping):
+        return "dict(" + ", ".join(f"{k}={v!r}" for k, v in policy.items()) + ")"
+    return getattr(policy, "__name__", type(policy).__name__)
