@@ -2,12 +2,15 @@
 
 from . import templates
 from .api import encode, load, save
+from .deep import DeepTN
+from .deep_module import DeepTNModule
 from .errors import AdtnError, FrozenGraphError, GraphError, RankError, SchemaError, ShapeError, TemplateError
 from .fitting import FitResult, fit
 from .graph import TensorGraph
 from .layers import TNConv1d, TNConv2d, TNLayer, TNLinear
 from .module import TNModule, compile
 from .plan import Cost, Plan, clear_cache, plan, signature
+from .structures import load_structure
 from .train import History, evaluate, finetune, setup_distributed
 
 __version__ = "0.1.0"
@@ -15,6 +18,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AdtnError",
     "Cost",
+    "DeepTN",
+    "DeepTNModule",
     "FitResult",
     "FrozenGraphError",
     "GraphError",
@@ -37,6 +42,7 @@ __all__ = [
     "finetune",
     "fit",
     "load",
+    "load_structure",
     "plan",
     "save",
     "setup_distributed",

@@ -196,7 +196,7 @@ def plan(
         batch = 1
     opt_key = optimize if isinstance(optimize, str) else id(optimize)
     key = (graph.structure_hash(), tuple(feed), batch if has_inputs else None, opt_key, memory_limit)
-    hit = _CACHE.get(key)
+    hit = _CACHE.get(key) if isinstance(optimize, str) else None  # optimizer objects: never cached by id()
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
@@ -220,7 +220,8 @@ def plan(
     fed = tuple(feed)
     out_axes = tuple(ax for ax in graph.outputs if ax not in fed)
     result = Plan(sig, steps, cost, fed, out_axes)
-    _CACHE[key] = result
+    if isinstance(opt_key, str):
+        _CACHE[key] = result
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
     return result

@@ -141,3 +141,16 @@ def test_json_unknown_schema():
 def test_errors_are_value_errors():
     assert issubclass(adtn.AdtnError, ValueError)
     assert issubclass(GraphError, adtn.AdtnError)
+
+
+def test_load_structure_dispatches_on_schema(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "graphs"
+    assert isinstance(adtn.load_structure(root / "tt_4096x4096_r16.json"), adtn.TensorGraph)
+    deep = adtn.load_structure(root / "adtn_vgg16_fc1.json")
+    assert isinstance(deep, adtn.DeepTN) and deep.num_params == 200
+    with pytest.raises(SchemaError, match="schema must be"):
+        adtn.load_structure('{"schema": "other/1"}')
+    with pytest.raises(SchemaError, match="no such file"):
+        adtn.load_structure(tmp_path / "missing.json")
