@@ -2,6 +2,7 @@
 
 from . import templates
 from .api import encode, load, save
+from .compress import compress
 from .deep import DeepTN
 from .deep_module import DeepTNModule
 from .errors import AdtnError, FrozenGraphError, GraphError, RankError, SchemaError, ShapeError, TemplateError
@@ -10,6 +11,7 @@ from .graph import TensorGraph
 from .layers import TNConv1d, TNConv2d, TNLayer, TNLinear
 from .module import TNModule, compile
 from .plan import Cost, Plan, clear_cache, plan, signature
+from .report import LayerRow, Report
 from .structures import load_structure
 from .train import History, evaluate, finetune, setup_distributed
 
@@ -24,8 +26,10 @@ __all__ = [
     "FrozenGraphError",
     "GraphError",
     "History",
+    "LayerRow",
     "Plan",
     "RankError",
+    "Report",
     "SchemaError",
     "ShapeError",
     "TNConv1d",
@@ -37,6 +41,7 @@ __all__ = [
     "TensorGraph",
     "clear_cache",
     "compile",
+    "compress",
     "encode",
     "evaluate",
     "finetune",

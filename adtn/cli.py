@@ -1,10 +1,19 @@
-"""The ``adtn`` command line: ``demo``, ``info`` and ``draw``."""
+"""The ``adtn`` command line: ``demo``, ``compress``, ``info`` and ``draw``.
+
+    adtn compress model.pt --policy hybrid --budget 0.1 -o out.pt --input-shape 8,3,32,32
+    adtn compress torchvision.models:resnet18 --policy auto --budget 0.2 --skip conv1 fc -o r18.pt
+    adtn info out.pt          # the table of a compressed model
+    adtn info graph.json      # a graph's structure and contraction cost
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -70,8 +79,89 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if rel < 1e-4 else 1
 
 
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(n < 1 for n in shape):
+        raise AdtnError(f"--input-shape must be positive integers separated by commas, e.g. 8,3,32,32; got {text!r}")
+    return shape
+
+
+def _load_model(spec: str) -> torch.nn.Module:
+    """A module from a ``torch.save`` / ``adtn.save`` file, or from ``package.module:factory`` (called with no arguments)."""
+    path = Path(spec)
+    if not path.exists() and ":" in spec:
+        mod_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise AdtnError(f"MODEL {spec!r}: cannot import {attr!r} from {mod_name!r}: {err}") from None
+        if callable(factory) and not isinstance(factory, torch.nn.Module):
+            try:
+                model = factory()
+            except Exception as err:  # noqa: BLE001 - any failure of user code, reported as such
+                raise AdtnError(f"MODEL {spec!r}: calling {attr}() failed: {type(err).__name__}: {err}") from None
+        else:
+            model = factory
+    elif not path.exists():
+        raise AdtnError(f"MODEL {spec!r}: no such file, and not of the form package.module:factory")
+    else:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(model, dict) and "model" in model and "format" in model:  # written by adtn.save
+            model = model["model"]
+    if not isinstance(model, torch.nn.Module):
+        hint = " (a state_dict? pass package.module:factory instead)" if isinstance(model, dict) else ""
+        raise AdtnError(f"MODEL {spec!r}: expected an nn.Module, got {type(model).__name__}{hint}")
+    return model
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, eq, value = text.partition("=")
+    if not eq or not key.isidentifier():
+        raise AdtnError(f"--option takes KEY=VALUE (e.g. rank=8, init=decompose, modes=((4,4),(8,8))), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value  # a bare string
+
+
+def compress_cmd(args: argparse.Namespace) -> int:
+    """Compress a model's Linear / Conv layers and save it with adtn.save; print the report."""
+    from .api import save
+    from .compress import compress
+
+    model = _load_model(args.model)
+    shape = _shape(args.input_shape)
+    calibration = None
+    if args.calibration:
+        calibration = torch.load(args.calibration, map_location="cpu", weights_only=False)
+    elif shape is not None:
+        calibration = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    options = dict(_option(o) for o in args.option)
+    out, report = compress(model, args.policy, budget=args.budget, skip=tuple(args.skip), calibration=calibration,
+                           inplace=True, **options)
+    print(report.to_markdown() if args.markdown else report)
+    save(out, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def info(args: argparse.Namespace) -> int:
-    """Print a graph JSON's structure and the cost of contracting it."""
+    """Print a compressed model's table, or a graph JSON's structure and the cost of contracting it."""
+    if zipfile.is_zipfile(args.file):  # torch.save writes zip files
+        from .report import Report
+
+        model = _load_model(args.file)
+        report = Report.from_model(model, _shape(args.input_shape))
+        if not report.rows:
+            print(f"{args.file}: {type(model).__name__} holds no TN layers")
+            return 0
+        print(report.to_markdown() if args.markdown else report)
+        return 0
     graph = TensorGraph.load(args.file)
     print(graph)
     module = compile(graph)
@@ -96,9 +186,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="folder for the demo's JSON and PNG (default: out)")
     p.add_argument("--batch", type=int, default=128, help="batch size of the streamed input (default: 128)")
     p.set_defaults(func=demo)
-    p = sub.add_parser("info", help="structure and contraction cost of a graph JSON")
-    p.add_argument("file", help="a graph JSON file (e.g. graphs/tt_4096x4096_r16.json)")
-    p.add_argument("--batch", type=int, default=128, help="batch size for apply costs (default: 128)")
+    p = sub.add_parser(
+        "compress", help="compress a model's Linear / Conv layers with tensor networks",
+        description="Replace every nn.Linear / nn.Conv1d / nn.Conv2d layer the policy selects by a TN layer "
+                    "initialised from its weights (adtn.compress), print the per-layer report and save the model "
+                    "with adtn.save (load it with adtn.load).")
+    p.add_argument("model", metavar="MODEL",
+                   help="a file written by torch.save(model) or adtn.save, or package.module:factory (called with "
+                        "no arguments, e.g. torchvision.models:resnet18)")
+    p.add_argument("--policy", default="hybrid",
+                   help="a template name (tt, ht, tucker2, cp, kronecker, ...), hybrid (HT for linear, TT for conv), "
+                        "mixed (Tucker-2 or CP per layer, whichever errs less) or auto (every fitting template, "
+                        "the best kept) (default: hybrid)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="parameter fraction of the compressed layers, in (0, 1], e.g. 0.1; without it give a size "
+                        "with --option rank=N")
+    p.add_argument("--skip", nargs="*", default=[], metavar="NAME",
+                   help="layer names (or glob patterns) left dense, e.g. conv1 fc")
+    p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
+                   help="the model's input shape: a random batch of it is the calibration batch (FLOPs at that size, "
+                        "output errors, the mixed / auto choices)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="a tensor saved with torch.save used as the calibration batch (instead of --input-shape)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a template option for every layer, repeatable: rank=8, init=decompose, forward=dense, d=3")
+    p.add_argument("-o", "--output", default="compressed.pt", help="where to save the model (default: compressed.pt)")
+    p.add_argument("--markdown", action="store_true", help="print the report as a markdown table")
+    p.set_defaults(func=compress_cmd)
+    p = sub.add_parser("info", help="the report of a compressed model, or the cost of a graph JSON",
+                       description="For a model saved by adtn.save (or adtn compress): its TN layers' table. For a "
+                                   "graph JSON: its structure and contraction costs.")
+    p.add_argument("file", help="a compressed model file (adtn.save) or a graph JSON file "
+                                "(e.g. graphs/tt_4096x4096_r16.json)")
+    p.add_argument("--batch", type=int, default=128, help="graph JSON: batch size for apply costs (default: 128)")
+    p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
+                   help="model file: the input shape for FLOPs at that size (default: per output position / row)")
+    p.add_argument("--markdown", action="store_true", help="model file: print the table as markdown")
     p.set_defaults(func=info)
     p = sub.add_parser("draw", help="draw a graph JSON to PNG/SVG/PDF")
     p.add_argument("file", help="a graph JSON file")

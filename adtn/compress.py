@@ -19,15 +19,17 @@ Policies (per ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` layer not skipped):
 - a callable ``f(name)`` or ``f(name, module)`` returning any such value.
 
 Budget allocation: ``budget`` is the parameter fraction of the compressed layers' weights
-(biases stay dense). Each layer gets the same fraction of its own weight (a layer whose
-smallest size is above that share takes its smallest size, and the others share what is
-left); each layer takes the largest size (uniform rank, or depth) within its share, then
-the layers furthest below their share grow one size step at a time while the total stays
-within budget (one last step may overshoot by up to 10%). The achieved total is within 10% of
-``budget`` times the dense parameters, or a ``RankError`` says which layers cannot get that
-small. Alternatives, not implemented: shares proportional to a layer's sensitivity (its
-calibration error per parameter), or a global greedy that removes parameters where the
-error grows least.
+(biases stay dense; layers whose options give a size count with what they take). Each layer
+gets the same fraction of its own weight (a layer whose smallest size is above that share
+takes its smallest size, and the others share what is left); each layer takes the largest
+size (uniform rank, or depth) within its share, then the layers furthest below their share
+grow one size step at a time while the total stays within budget (one last step may overshoot
+by up to 10%). ``mixed`` / ``auto`` compare their candidates at the share, then once more at
+the parameters the allocation gave the layer. The achieved total is within 10% of ``budget``
+times the dense parameters: a ``RankError`` names the layers that cannot get that small, and a
+warning says when the sizes' steps are too coarse to land within 10%. Alternatives, not
+implemented: shares proportional to a layer's sensitivity (its calibration error per
+parameter), or a global greedy that removes parameters where the error grows least.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import inspect
-import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,9 +86,6 @@ class _Ladder:
                 self.counts[v] = None
         return self.counts[v]
 
-    def smallest(self) -> int:
-        return self.step
-
     def within(self, target: float) -> int | None:
         """The largest value whose count is at most ``target``; None when even the smallest is above."""
         t = get(self.template)
@@ -130,7 +128,15 @@ def _ladder(where: str, module: nn.Module, template: str, opts: Mapping[str, Any
     ladder = _Ladder(template, knob, spec.axes, kwargs, weight.numel())
     ladder.step = next((r for r in range(1, 65) if ladder.count(r) is not None), 0)
     if not ladder.step:
-        raise RankError(f"{where}: template {template!r} has no valid size on this layer ({knob}=1..64 all fail)")
+        why = {}
+        for v in (1, 2, 3):
+            try:
+                t.formula(ladder.axes, **kwargs, **{knob: v})
+            except AdtnError as err:
+                why.setdefault(str(err), v)
+        why = "".join(f"; at {knob}={v}: {msg}" for msg, v in list(why.items())[:2])
+        raise RankError(f"{where}: template {template!r} has no valid size on this layer ({knob}=1..64 all "
+                        f"fail{why})")
     return ladder
 
 
@@ -143,6 +149,7 @@ class _Job:
     opts: dict[str, Any]
     fixed: bool  # the options give the size
     chosen: str = ""
+    ladders: dict[str, _Ladder] = field(default_factory=dict)
     ladder: _Ladder | None = None
     value: int = 0
     tried: dict[str, float] = field(default_factory=dict)
@@ -285,7 +292,7 @@ def _build(job: _Job, template: str, value: int | None) -> nn.Module:
     if key not in job.built:
         opts = _opts_for(template, job.opts, len(job.candidates) > 1)
         if value is not None:
-            opts[job.ladder.knob if job.ladder and job.ladder.template == template else _knob(template)] = value
+            opts[_knob(template)] = value
             if "clip" in _template_params(get(template)):
                 opts.setdefault("clip", True)
         where = f"compress: layer {job.name!r}"
@@ -300,31 +307,37 @@ def _knob(template: str) -> str:
     return "rank" if "rank" in _template_params(get(template)) else "depth"
 
 
-def _choose(job: _Job, share: float | None, inputs: Mapping[str, torch.Tensor]) -> None:
-    """Pick the job's template: the only candidate, or the lowest error at ``share`` of its weight."""
+def _prepare(job: _Job) -> None:
+    """Each candidate's sizes on the job's layer (``job.ladders``); candidates that cannot be sized are dropped."""
     where = f"compress: layer {job.name!r} ({type(job.module).__name__})"
-    if len(job.candidates) == 1 and job.fixed:
-        job.chosen = job.candidates[0]
-        return
-    tries: dict[str, tuple[_Ladder | None, int | None]] = {}
-    reasons = {}
+    reasons: dict[str, AdtnError] = {}
     for t in job.candidates:
-        if job.fixed:
-            tries[t] = (None, None)
-            continue
         try:
-            ladder = _ladder(where, job.module, t, _opts_for(t, job.opts, len(job.candidates) > 1))
+            job.ladders[t] = _ladder(where, job.module, t, _opts_for(t, job.opts, len(job.candidates) > 1))
         except AdtnError as err:
-            reasons[t] = str(err)
-            continue
-        tries[t] = (ladder, ladder.within(share * job.dense))
-    if not tries:
-        raise TemplateError(f"{where}: no candidate template can be sized here: {reasons}")
-    feasible = {t: lv for t, lv in tries.items() if job.fixed or lv[1] is not None}
-    pool = feasible or {t: (lad, lad.smallest()) for t, (lad, _) in tries.items()}
+            reasons[t] = err
+    if len(reasons) == 1 and not job.ladders:
+        raise next(iter(reasons.values()))
+    if not job.ladders:
+        raise TemplateError(f"{where}: no candidate template can be sized here: "
+                            + "; ".join(f"{t}: {e}" for t, e in reasons.items()))
+
+
+def _choose(job: _Job, share: float | None, inputs: Mapping[str, torch.Tensor]) -> None:
+    """Pick the job's template: the only candidate, or the lowest error at ``share`` of its weight
+    (sized by the options when the job is fixed). Candidates that do not fit the share are
+    tried only when none does (at their smallest size)."""
+    where = f"compress: layer {job.name!r} ({type(job.module).__name__})"
+    if job.fixed:
+        pool: dict[str, tuple[_Ladder | None, int | None]] = {t: (None, None) for t in job.candidates}
+    else:
+        sized = {t: (lad, lad.within(share * job.dense)) for t, lad in job.ladders.items()}
+        pool = {t: lv for t, lv in sized.items() if lv[1] is not None}
+        pool = pool or {t: (lad, lad.step) for t, (lad, _) in sized.items()}
     if len(pool) == 1:
         job.chosen, (job.ladder, _) = next(iter(pool.items()))
         return
+    reasons = {}
     for t, (ladder, value) in pool.items():
         job.ladder = ladder
         try:
@@ -340,11 +353,8 @@ def _choose(job: _Job, share: float | None, inputs: Mapping[str, torch.Tensor]) 
 
 
 # ---------------------------------------------------------------------- budget allocation
-def _allocate(jobs: list[_Job], target: float) -> None:
-    """Set each flexible job's size so that their parameters total about ``target`` (see the module doc)."""
-    if not jobs:
-        return
-    floor = {id(j): j.ladder.count(j.ladder.smallest()) for j in jobs}
+def _shares(jobs: list[_Job], target: float, floor: Mapping[int, int]) -> tuple[float, set[int]]:
+    """(the fraction each layer gets, the ids of layers whose smallest size ``floor`` is above it)."""
     tight: set[int] = set()
     while True:  # layers whose smallest size is above their share take it; the rest share what is left
         rest = [j for j in jobs if id(j) not in tight]
@@ -352,25 +362,35 @@ def _allocate(jobs: list[_Job], target: float) -> None:
         share = left / sum(j.dense for j in rest) if rest else 0.0
         more = {id(j) for j in rest if share <= 0 or floor[id(j)] > share * j.dense}
         if not more:
-            break
+            return share, tight
         tight |= more
+
+
+def _allocate(jobs: list[_Job], target: float) -> set[int]:
+    """Set each flexible job's size so that their parameters total about ``target`` (see the module
+    doc); returns the ids of the layers whose smallest size is above their share."""
+    floor = {id(j): j.ladder.count(j.ladder.step) for j in jobs}
+    share, tight = _shares(jobs, target, floor)
     for j in jobs:
         v = None if id(j) in tight else j.ladder.within(share * j.dense)
-        j.value = j.ladder.smallest() if v is None else v
-        if id(j) in tight:
-            j.note = (f"its smallest {j.chosen!r} size ({floor[id(j)]:,} parameters, {floor[id(j)] / j.dense:.1%}) "
-                      "is above its share of the budget")
+        j.value = j.ladder.step if v is None else v
     total = sum(j.params for j in jobs)
-    high = target * (1 + TOLERANCE)
-    if total > high:
+    if total > target * (1 + TOLERANCE):
         layers = ", ".join(f"{j.name!r} ({j.chosen}: >= {floor[id(j)]:,} of {j.dense:,})" for j in jobs
                            if id(j) in tight)
         raise RankError(f"compress: the budget ({target:,.0f} parameters) is below what the layers can get to: the "
                         f"smallest sizes total {total:,}; too big: {layers}; raise budget= or skip= those layers")
+    _fill(jobs, target)
+    return tight
+
+
+def _fill(jobs: list[_Job], target: float) -> None:
+    """Grow the layers furthest below their share one size step at a time while the total stays
+    within ``target``; one last step may overshoot it by up to 10%."""
+    total = sum(j.params for j in jobs)
+    high = target * (1 + TOLERANCE)
     nxt = {id(j): j.ladder.up(j.value) for j in jobs}
-    for _ in range(100_000):
-        if total >= target:
-            break
+    while total < target:
         steps = []
         for j in jobs:
             v = nxt[id(j)]
@@ -379,13 +399,41 @@ def _allocate(jobs: list[_Job], target: float) -> None:
                 if new <= high:
                     steps.append((new, j.params / j.dense, j, v))
         if not steps:
-            break
+            return
         under = [s for s in steps if s[0] <= target]
         new, _, j, v = min(under, key=lambda s: s[1]) if under else min(steps, key=lambda s: abs(s[0] - target))
         j.value, total = v, new
         nxt[id(j)] = j.ladder.up(v)
         if not under:
-            break
+            return
+
+
+def _budgeted(jobs: list[_Job], target: float, inputs: Mapping[str, torch.Tensor]) -> None:
+    """Choose the templates of the layers without given sizes and size them to share ``target``.
+
+    Candidates are first compared at each layer's share of the budget; after allocation, a layer
+    with several candidates compares them again at the parameters it was given (the chosen
+    template's own size is among them, so its error can only fall), then the sizes are refilled.
+    """
+    for j in jobs:
+        _prepare(j)
+    floor = {id(j): min(lad.count(lad.step) for lad in j.ladders.values()) for j in jobs}
+    share, _ = _shares(jobs, target, floor)
+    for j in jobs:
+        _choose(j, share, inputs)
+    tight = _allocate(jobs, target)
+    several = [j for j in jobs if len(j.ladders) > 1]
+    for j in several:
+        given = j.params
+        j.tried = {}
+        _choose(j, given / j.dense, inputs)
+        j.value = j.ladder.within(given) or j.ladder.step
+    if several:
+        _fill(jobs, target)
+    for j in jobs:
+        if id(j) in tight and j.value == j.ladder.step:
+            j.note = (f"its smallest {j.chosen!r} size ({j.params:,} parameters, {j.params / j.dense:.1%}) is above "
+                      "its share of the budget")
 
 
 # ---------------------------------------------------------------------- calibration
@@ -401,8 +449,13 @@ def _call(model: nn.Module, batch: Any) -> Any:
 def _capture(model: nn.Module, jobs: Iterable[_Job], batch: Any) -> tuple[dict[str, torch.Tensor], Any]:
     """Each job's first input in a forward pass of ``batch``, and the model's output."""
     inputs: dict[str, torch.Tensor] = {}
-    hooks = [j.module.register_forward_pre_hook(
-        lambda mod, args, name=j.name: inputs.setdefault(name, args[0].detach())) for j in jobs]
+
+    def keep(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:  # returns None: the input is left as it is
+            inputs.setdefault(name, args[0].detach())
+        return hook
+
+    hooks = [j.module.register_forward_pre_hook(keep(j.name)) for j in jobs]
     was = model.training
     try:
         model.eval()
@@ -508,10 +561,7 @@ def compress(
         if target <= 0:
             raise RankError(f"compress: the layers with sizes given already take {fixed_params:,} parameters, more "
                             f"than the budget {budget} allows ({budget * sum(j.dense for j in jobs):,.0f})")
-        share = target / sum(j.dense for j in flexible)
-        for j in flexible:
-            _choose(j, share, inputs)
-        _allocate(flexible, target)
+        _budgeted(flexible, target, inputs)
 
     report = Report(policy=_policy_text(policy), budget=budget,
                     model_params_before=sum(p.numel() for p in model.parameters()),
@@ -531,7 +581,7 @@ def compress(
     report.model_params_after = sum(p.numel() for p in work.parameters())
     if calibration is not None:
         report.model_error = _model_error(work, calibration, ref)
-    if budget is not None and not flexible == [] and abs(report.fraction - budget) > TOLERANCE * budget:
+    if budget is not None and flexible and abs(report.fraction - budget) > TOLERANCE * budget:
         warnings.warn(f"compress: achieved {report.fraction:.4f} of the parameters, more than 10% from budget="
                       f"{budget} (the layers' sizes ran out); see the report", stacklevel=2)
     return work, report

@@ -331,10 +331,15 @@ def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tup
 
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
+
+    def keep(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
     for name, m in model.named_modules():
         if isinstance(m, (TNLayer, *PLAIN)):
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, args, name=name: shapes.setdefault(name, tuple(args[0].shape))))
+            hooks.append(m.register_forward_pre_hook(keep(name)))
     p = next(model.parameters(), None)
     was = model.training
     try:
