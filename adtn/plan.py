@@ -232,15 +232,30 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+SMALL_STEP = 1 << 14  # operands this small run through tensordot: per-call overhead wins
+
+
 @dataclass(frozen=True)
 class Step:
-    """One pairwise (or single-operand) contraction: tensordot + permute when it is a pure
-    contraction of shared indices, else ``torch.einsum`` on letters (torch accepts only a-zA-Z)."""
+    """One pairwise (or single-operand) contraction.
+
+    A pure contraction of shared indices runs as permute -> matmul -> permute, with each
+    operand's free indices pre-ordered as they appear in the output (the same copies that
+    ``tensordot`` makes internally), so the final permute moves contiguous blocks instead of
+    single elements. Anything else (hyperindices kept in the output, traces) goes through
+    ``torch.einsum`` on letters, since torch accepts only a-zA-Z.
+    """
 
     positions: tuple[int, ...]
     equation: str
-    dims: tuple[tuple[int, ...], tuple[int, ...]] | None
-    perm: tuple[int, ...] | None
+    swap: bool = False
+    perm_x: tuple[int, ...] | None = None
+    perm_y: tuple[int, ...] | None = None
+    n_free_x: int = 0
+    n_shared: int = 0
+    perm: tuple[int, ...] | None = None
+    pairwise: bool = False
+    small: tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[int, ...] | None] | None = None
 
     @classmethod
     def build(cls, positions: tuple[int, ...], equation: str) -> Step:
@@ -255,16 +270,45 @@ class Step:
                 and sorted(output) == sorted(c for c in a + b if c not in shared)
             )
             if pure:
-                dims = (tuple(a.index(c) for c in shared), tuple(b.index(c) for c in shared))
-                result = [c for c in a if c not in shared] + [c for c in b if c not in shared]
+                swap = bool(output) and output[0] in b
+                x, y = (b, a) if swap else (a, b)
+                free_x = [c for c in output if c in x]
+                free_y = [c for c in output if c in y]
+                perm_x = tuple(x.index(c) for c in free_x + shared)
+                perm_y = tuple(y.index(c) for c in shared + free_y)
+                result = free_x + free_y
                 perm = tuple(result.index(c) for c in output)
-                return cls(positions, equation, dims, None if perm == tuple(range(len(perm))) else perm)
-        return cls(positions, oe.parser.convert_to_valid_einsum_chars(equation), None, None)
+                td_dims = (tuple(a.index(c) for c in shared), tuple(b.index(c) for c in shared))
+                td_result = [c for c in a if c not in shared] + [c for c in b if c not in shared]
+                td_perm = tuple(td_result.index(c) for c in output)
+                small = (td_dims, None if td_perm == tuple(range(len(td_perm))) else td_perm)
+                return cls(
+                    positions, equation, swap,
+                    None if perm_x == tuple(range(len(x))) else perm_x,
+                    None if perm_y == tuple(range(len(y))) else perm_y,
+                    len(free_x), len(shared),
+                    None if perm == tuple(range(len(perm))) else perm,
+                    True,
+                    small,
+                )
+        return cls(positions, oe.parser.convert_to_valid_einsum_chars(equation))
 
     def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
-        if self.dims is None:
+        if not self.pairwise:
             return torch.einsum(self.equation, *operands)
-        out = torch.tensordot(operands[0], operands[1], dims=self.dims)
+        if operands[0].numel() + operands[1].numel() <= SMALL_STEP:  # layout is moot; tensordot is leaner
+            dims, perm = self.small
+            out = torch.tensordot(operands[0], operands[1], dims=dims)
+            return out if perm is None else out.permute(perm)
+        x, y = (operands[1], operands[0]) if self.swap else operands
+        if self.perm_x is not None:
+            x = x.permute(self.perm_x)
+        if self.perm_y is not None:
+            y = y.permute(self.perm_y)
+        free_x = x.shape[: self.n_free_x]
+        free_y = y.shape[self.n_shared:]
+        m, n, k = math.prod(free_x), math.prod(free_y), math.prod(x.shape[self.n_free_x:])
+        out = torch.matmul(x.reshape(m, k), y.reshape(k, n)).reshape(free_x + free_y)
         return out if self.perm is None else out.permute(self.perm)
 
 

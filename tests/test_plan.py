@@ -108,3 +108,17 @@ def test_cotengra_optimizer_when_installed():
     m = adtn.compile(g, dtype=torch.float64, optimize="cotengra")
     ref = adtn.compile(g, init=dict(m.params.items()), dtype=torch.float64)
     assert rel_error(m.dense().detach(), ref.dense().detach()) < 1e-12
+
+
+def test_large_steps_use_layout_aware_matmul_and_stay_exact():
+    from adtn.plan import SMALL_STEP
+    from adtn.testing import tt_chain
+
+    g = tt_chain((8, 8, 8), rank=8)
+    m = adtn.compile(g, dtype=torch.float64)
+    a, b, c = (m.params[f"c{k}"].detach() for k in range(3))
+    ref = torch.einsum("aAr,rbBs,scC->abcABC", a, b, c).reshape(512, 512)
+    assert 512 * 512 > SMALL_STEP  # the last step takes the permute -> matmul path
+    torch.testing.assert_close(m.dense().detach(), ref, rtol=1e-12, atol=1e-12)
+    x = torch.randn(300, 512, dtype=torch.float64)
+    torch.testing.assert_close(m.apply(x, "in"), x @ ref.T, rtol=1e-10, atol=1e-10)
