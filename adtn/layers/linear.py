@@ -221,6 +221,9 @@ class TNLayer(nn.Module):
         parts.append(f"params={n:,} ({n / dense:.2%} of dense)")
         parts.append(f"forward={self.forward_mode!r}")
         parts += [f"padded {ax} {a}->{b}" for ax, (a, b) in self.pads.items()]
+        choice = getattr(self, "shape_choice", None)
+        if choice is not None:
+            parts.append(f"shape=auto ({choice.summary()})")
         return ", ".join(parts)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -237,6 +240,14 @@ class TNLayer(nn.Module):
             raise AdtnError(f"{where}: init must be one of {list(INITS)}, got {init!r}")
         common = {"bias": bias is not None, "template": template, "forward": forward, "device": weight.device,
                   "dtype": weight.dtype}
+        options = dict(options)
+        choice = _auto_shape(where, template, weight, cls.weight_axes(**args), options.pop("shape", None), budget,
+                             tol, modes, options)
+        if choice is not None:
+            rank, budget, modes = choice.rank, None, choice.options.get("modes")
+            options.update({k: v for k, v in choice.options.items() if k != "modes"})
+            if template == "tt":
+                options["clip"] = True
         if tol is None:
             layer = cls(**args, **common, rank=rank, depth=depth, budget=budget, modes=modes, **options)
             initialize(layer, weight, init, fit_options)
@@ -245,10 +256,31 @@ class TNLayer(nn.Module):
                                                 init, options)
             layer = cls(**args, **common, structure=structure)
             layer.load_node_tensors(tensors)
+        layer.shape_choice = choice
         if bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(bias)
         return layer
+
+
+def _auto_shape(where: str, template: str, weight: torch.Tensor, axes: dict[str, int], shape: Any,
+                budget: float | None, tol: float | None, modes: Any, options: dict[str, Any]) -> Any:
+    """The ``ShapeChoice`` for ``shape="auto"`` (None when ``shape`` is None or a shape is forced)."""
+    if shape is None:
+        return None
+    if shape != "auto":
+        raise AdtnError(f"{where}: shape must be 'auto' or None, got {shape!r}")
+    if modes is not None or options.get("factors") is not None:
+        return None  # modes= / factors= force the shape
+    from ..shapes import SEARCHABLE, search
+
+    if template not in SEARCHABLE:
+        raise AdtnError(f"{where}: shape='auto' supports templates {list(SEARCHABLE)}, got {template!r}; "
+                        "pass modes= or factors= instead")
+    if budget is None or tol is not None:
+        raise AdtnError(f"{where}: shape='auto' needs budget= (a fraction of the dense parameters), got "
+                        f"budget={budget!r}, tol={tol!r}")
+    return search(template, weight.detach(), axes, budget)
 
 
 class TNLinear(TNLayer):
