@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import GraphError, SchemaError, ShapeError, TemplateError
-from .graph import TensorGraph
+from .graph import TensorGraph, read_json
 
 __all__ = [
     "ACTIVATIONS",
@@ -358,17 +358,7 @@ class DeepTN:
     @classmethod
     def from_json(cls, source: str | Path) -> DeepTN:
         """Read a DeepTN from a JSON string or a path to a JSON file."""
-        text = str(source)
-        if not text.lstrip().startswith("{"):
-            path = Path(source)
-            if not path.exists():
-                raise SchemaError(f"DeepTN JSON: no such file {str(path)!r}")
-            text = path.read_text()
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SchemaError(f"DeepTN JSON could not be parsed: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(source, "DeepTN"))
 
     save = to_json
     load = from_json

@@ -21,7 +21,7 @@ import networkx as nx
 
 from .errors import FrozenGraphError, GraphError, SchemaError, ShapeError
 
-__all__ = ["ROLES", "SCHEMA", "SYMBOLIC_VALUES", "Bond", "Leg", "TensorGraph"]
+__all__ = ["ROLES", "SCHEMA", "SYMBOLIC_VALUES", "Bond", "Leg", "TensorGraph", "read_json"]
 
 SCHEMA = "adtn.graph/1"
 ROLES = ("param", "fixed", "input")
@@ -375,17 +375,7 @@ class TensorGraph:
     @classmethod
     def from_json(cls, source: str | Path, freeze: bool = True) -> TensorGraph:
         """Read a graph from a JSON string or a path to a JSON file."""
-        text = str(source)
-        if not text.lstrip().startswith("{"):
-            path = Path(source)
-            if not path.exists():
-                raise SchemaError(f"graph JSON: no such file {str(path)!r}")
-            text = path.read_text()
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SchemaError(f"graph JSON could not be parsed: {err}") from None
-        return cls.from_dict(data, freeze=freeze)
+        return cls.from_dict(read_json(source, "graph"), freeze=freeze)
 
     save = to_json
     load = from_json
@@ -425,6 +415,20 @@ class TensorGraph:
     @staticmethod
     def _short(names: Sequence[str], n: int = 12) -> str:
         return str(list(names[:n]))[:-1] + (", ...]" if len(names) > n else "]")
+
+
+def read_json(source: str | Path, what: str = "structure") -> Any:
+    """Parse ``source``: a JSON string (starting with '{') or a path to a JSON file."""
+    text = str(source)
+    if not text.lstrip().startswith("{"):
+        path = Path(source)
+        if not path.exists():
+            raise SchemaError(f"{what} JSON: no such file {str(path)!r}")
+        text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SchemaError(f"{what} JSON could not be parsed: {err}") from None
 
 
 def _flatten(value: Any) -> Iterable[float]:
