@@ -1,5 +1,8 @@
 """The ``adtn`` command line: ``demo``, ``compress``, ``info`` and ``draw``.
 
+    adtn demo                 # MNIST: train, compress, fine-tune LeNet-5 and FC-2 (demos/mnist_compress.py)
+    adtn demo --graph-only    # declare, plan, draw and contract one small network
+
     adtn compress model.pt --policy hybrid --budget 0.1 -o out.pt --input-shape 8,3,32,32
     adtn compress torchvision.models:resnet18 --policy auto --budget 0.2 --skip conv1 fc -o r18.pt
     adtn info out.pt          # the table of a compressed model
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import importlib.util
 import sys
 import time
 import zipfile
@@ -20,6 +24,7 @@ import torch
 
 from .errors import AdtnError
 from .graph import TensorGraph
+from .structures import load_structure
 from .module import compile
 
 __all__ = ["main"]
@@ -42,9 +47,33 @@ def _demo_graph() -> TensorGraph:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Declare, plan, draw and contract a network; compare with the dense layer it replaces."""
-    with torch.no_grad():
-        return _demo(args)
+    """The MNIST demo (demos/mnist_compress.py); with --graph-only, the small graph demo."""
+    if args.graph_only:
+        with torch.no_grad():
+            return _demo(args)
+    module = _mnist_demo()
+    module.run(args.out, quick=args.quick, full=args.full)
+    return 0
+
+
+def _mnist_demo():
+    """Import ``demos/mnist_compress.py`` from the source checkout this package runs from."""
+    path = Path(__file__).resolve().parent.parent / "demos" / "mnist_compress.py"
+    if not path.is_file():
+        raise AdtnError(f"demo: the MNIST demo ships with the source checkout (demos/mnist_compress.py), not found "
+                        f"at {path}; run `adtn demo --graph-only` for the small graph demo")
+    name = "adtn_demo_mnist_compress"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -162,19 +191,23 @@ def info(args: argparse.Namespace) -> int:
             return 0
         print(report.to_markdown() if args.markdown else report)
         return 0
-    graph = TensorGraph.load(args.file)
-    print(graph)
-    module = compile(graph)
+    structure = load_structure(args.file)
+    print(structure)
+    module = compile(structure)
     print(f"dense(): {module.cost()}")
-    for axis in graph.outputs:
+    axes = structure.outputs if isinstance(structure, TensorGraph) else structure.axes
+    for axis in axes:
         print(f"apply(x, axis={axis!r}) at batch {args.batch}: {module.cost(batch=args.batch, axis=axis)}")
     return 0
 
 
 def draw(args: argparse.Namespace) -> int:
     """Draw a graph JSON to an image file."""
-    graph = TensorGraph.load(args.file)
-    graph.draw(args.output, layout=args.layout)
+    structure = load_structure(args.file)
+    if isinstance(structure, TensorGraph):
+        structure.draw(args.output, layout=args.layout)
+    else:  # a deep ADTN draws its layers side by side
+        structure.draw(args.output)
     print(f"wrote {args.output}")
     return 0
 
@@ -182,9 +215,19 @@ def draw(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adtn", description="Compress neural networks with tensor networks.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="declare, plan, draw and contract a small network")
-    p.add_argument("--out", default="out", help="folder for the demo's JSON and PNG (default: out)")
-    p.add_argument("--batch", type=int, default=128, help="batch size of the streamed input (default: 128)")
+    p = sub.add_parser("demo", help="train, compress and fine-tune LeNet-5 and FC-2 on MNIST 5k (or --graph-only)",
+                       description="Train LeNet-5 and FC-2 on MNIST 5k, compress them (ADTN on the linear layers, "
+                                   "the hybrid and mixed policies), fine-tune, print the table and write PNGs "
+                                   "(demos/mnist_compress.py). --graph-only: declare, plan, draw and contract one "
+                                   "small network instead.")
+    p.add_argument("--out", default="demo-output", help="folder for the table, JSON and PNGs (default: demo-output)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a smoke test on a data subset (seconds)")
+    size.add_argument("--full", action="store_true", help="longer training and a denser sweep")
+    p.add_argument("--graph-only", action="store_true",
+                   help="only the small graph demo: declare, plan, draw and contract a TT network")
+    p.add_argument("--batch", type=int, default=128,
+                   help="--graph-only: batch size of the streamed input (default: 128)")
     p.set_defaults(func=demo)
     p = sub.add_parser(
         "compress", help="compress a model's Linear / Conv layers with tensor networks",

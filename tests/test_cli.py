@@ -7,14 +7,14 @@ from adtn.cli import main
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--batch", "8"]) == 0
+    assert main(["demo", "--graph-only", "--out", str(tmp_path), "--batch", "8"]) == 0
     text = capsys.readouterr().out
     assert "relative difference to x @ W.T" in text and "flops=" in text
     assert (tmp_path / "demo_tt.json").exists() and (tmp_path / "demo_tt.png").exists()
 
 
 def test_info_and_draw(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--graph-only", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     assert main(["info", str(tmp_path / "demo_tt.json")]) == 0
     assert "params=2304" in capsys.readouterr().out
@@ -44,5 +44,40 @@ def test_console_entry_point_runs():
 def test_demo_leaves_autograd_on(tmp_path):
     import torch
 
-    main(["demo", "--out", str(tmp_path), "--batch", "2"])
+    main(["demo", "--graph-only", "--out", str(tmp_path), "--batch", "2"])
     assert torch.is_grad_enabled()
+
+
+def test_demo_runs_the_mnist_demo(tmp_path, monkeypatch):
+    """`adtn demo` hands --out / --quick / --full to demos/mnist_compress.py's run()."""
+    from adtn import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_mnist_demo", lambda: type("Demo", (), {"run": staticmethod(
+        lambda out, quick=False, full=False: calls.append((out, quick, full)))}))
+    assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
+    assert main(["demo"]) == 0
+    assert calls == [(str(tmp_path), True, False), ("demo-output", False, False)]
+
+
+def test_demo_finds_the_mnist_script():
+    from adtn import cli
+
+    module = cli._mnist_demo()
+    assert callable(module.run) and callable(module.main)
+
+
+def test_demo_quick_and_full_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--quick", "--full"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_info_and_draw_deep_adtn(tmp_path, capsys):
+    from pathlib import Path
+
+    graph = Path(__file__).resolve().parents[1] / "graphs" / "adtn_vgg16_fc1.json"
+    assert main(["info", str(graph)]) == 0
+    assert "flops=" in capsys.readouterr().out
+    assert main(["draw", str(graph), "-o", str(tmp_path / "deep.png")]) == 0
+    assert (tmp_path / "deep.png").exists()
