@@ -24,8 +24,8 @@ import torch
 
 from .errors import AdtnError
 from .graph import TensorGraph
-from .structures import load_structure
 from .module import compile
+from .structures import load_structure
 
 __all__ = ["main"]
 
