@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import os
-import platform
-import re
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _results import machine, write_section
 from torch import nn
 
 import adtn
@@ -40,26 +38,6 @@ VGG_LAYERS = (("512 -> 4096", {"out": 4096, "in": 512}, 200), ("4096 -> 4096", {
 VARIANTS = ((1, "relu", 0.705, 272), (2, "relu", 0.866, 544), (3, "relu", 0.905, 816), (3, None, 0.872, 816))
 DENSE_PAPER = 0.944
 FC1 = 784 * 256
-
-
-def machine() -> str:
-    """'2-core CPU (x86_64, Linux)' or the GPU's name."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{os.cpu_count()}-core CPU ({platform.machine()}, {platform.system()}), torch {torch.__version__}"
-
-
-def write_section(path: Path, heading: str, body: str) -> None:
-    """Replace (or append) the section that starts with ``heading`` up to the next ``## `` heading."""
-    text = path.read_text() if path.exists() else "# Reproduced numbers\n\nWritten by `benchmarks/repro_*.py`.\n"
-    section = f"{heading}\n\n{body.rstrip()}\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def vgg_count() -> list[str]:
