@@ -143,6 +143,38 @@ def _knob_for_budget(where: str, t: Template, axes: dict[str, int], knob: str, k
     return small * step
 
 
+def _fill_budget(t: Template, axes: dict[str, int], kwargs: dict, target: float) -> Any:
+    """Top up a uniform rank that leaves more than 10% of the budget unused: raise single
+    bonds one step at a time (largest count that still fits first) when the template takes
+    one rank per bond. Uniform ranks are kept when that already reaches 90%."""
+    rank = kwargs["rank"]
+
+    def count(r: Any) -> int | None:
+        try:
+            return t.formula(axes, **{**kwargs, "rank": r})
+        except (AdtnError, TypeError, ValueError):
+            return None
+
+    base = count(rank)
+    if base is None or base >= 0.9 * target:
+        return rank
+    ranks = next((list((rank,) * n) for n in range(1, 16) if count([rank] * n) == base), None)
+    if ranks is None:
+        return rank
+    current = base
+    while current < 0.9 * target:
+        best = None
+        for k in range(len(ranks)):
+            trial = ranks[:k] + [ranks[k] + 1] + ranks[k + 1:]
+            p = count(trial)
+            if p is not None and current < p <= target and (best is None or p > best[0]):
+                best = (p, trial)
+        if best is None:
+            break
+        current, ranks = best
+    return ranks if current > base else rank
+
+
 def resolve(
     where: str,
     template: str,
@@ -198,6 +230,8 @@ def resolve(
         if "clip" in params and "clip" not in kwargs:
             kwargs["clip"] = True
         kwargs[knob] = _knob_for_budget(where, t, axes, knob, kwargs, float(budget), dense)
+        if knob == "rank":
+            kwargs["rank"] = _fill_budget(t, axes, kwargs, float(budget) * dense)
     elif knob is not None and given.get(knob) is not None:
         kwargs[knob] = given[knob]
     elif knob is not None and tol is None and params[knob].default is inspect.Parameter.empty:
