@@ -26,24 +26,14 @@ from .errors import AdtnError
 from .graph import TensorGraph
 from .module import compile
 from .structures import load_structure
+from .testing import tt_chain
 
 __all__ = ["main"]
 
 
 def _demo_graph() -> TensorGraph:
-    """A 4-core TT-matrix for a 256x256 weight (modes 4x4x4x4, rank 8), declared by hand."""
-    g = TensorGraph("demo_tt")
-    d, rank = 4, 8
-    for k in range(d):
-        legs = {"l": rank} if k else {}
-        legs.update(o=4, i=4)
-        if k < d - 1:
-            legs["r"] = rank
-        g.add_node(f"core{k}", legs=legs)
-    for k in range(d - 1):
-        g.bond(f"core{k}.r", f"core{k + 1}.l")
-    g.set_outputs({"out": [f"core{k}.o" for k in range(d)], "in": [f"core{k}.i" for k in range(d)]})
-    return g.freeze()
+    """A 4-core TT-matrix for a 256x256 weight (modes 4x4x4x4, rank 8), declared node by node."""
+    return tt_chain((4, 4, 4, 4), rank=8, name="demo_tt")
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -34,9 +34,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .deep import PREV, DeepTN, fused_schedule
-from .errors import AdtnError, GraphError, ShapeError
+from .errors import AdtnError, ShapeError
 from .initializers import fixed_tensor, identity_like
-from .module import _Buffers
+from .module import _Buffers, check_fed_input, feed_axes
 from .plan import Cost, Plan, execute, plan
 
 __all__ = ["DeepTNModule", "GateInit"]
@@ -120,7 +120,7 @@ class DeepTNModule(nn.Module):
 
     def cost(self, batch: int | None = None, axis: str | Sequence[str] | None = None) -> Cost:
         """FLOPs, largest intermediate and parameters of ``dense()`` or of ``apply`` on ``axis``."""
-        feed = _axes(axis)
+        feed = feed_axes(axis)
         if feed and self._streams(feed):
             p = self.plan(0, feed, batch or 1)
             return Cost(p.cost.flops, p.cost.largest_intermediate, self.deep.num_params, p.cost.path, p.cost.optimizer)
@@ -239,18 +239,9 @@ class DeepTNModule(nn.Module):
         At depth 1 (axes powers of two) the planner streams ``x`` through the gates without
         forming the weight; otherwise the weight is decoded and contracted once.
         """
-        feed = _axes(axis)
+        feed = feed_axes(axis)
         sizes = self.deep.axes
-        for ax in feed:
-            if ax not in sizes:
-                raise GraphError(f"apply: the weight has no axis {ax!r}; axes: {list(sizes)}")
-        want = tuple(sizes[ax] for ax in feed)
-        if x.dim() < len(feed) or tuple(x.shape[x.dim() - len(feed):]) != want:
-            names = ", ".join(f"{ax}={sizes[ax]}" for ax in feed)
-            raise ShapeError(f"apply: input of shape {tuple(x.shape)} must end with the sizes of axis ({names}), "
-                             f"i.e. {want}")
-        if x.dtype != self.dtype:
-            raise AdtnError(f"apply: dtype {x.dtype} does not match the module's {self.dtype}; cast one of them")
+        check_fed_input(x, feed, sizes, self.dtype, "the weight")
         lead = tuple(x.shape[: x.dim() - len(feed)])
         rest = tuple(n for ax, n in sizes.items() if ax not in feed)
         if self._streams(feed):
@@ -429,9 +420,3 @@ class _MiddleMatmul(torch.autograd.Function):
 
 _ROWS = 1 << 10  # the fewest rows per chunk in _RowMatmul's backward
 _CHUNK = 1 << 18  # entries of one chunk's partial products (or regrouped copies) in the backward passes
-
-
-def _axes(axis: str | Sequence[str] | None) -> tuple[str, ...]:
-    if axis is None:
-        return ()
-    return (axis,) if isinstance(axis, str) else tuple(axis)

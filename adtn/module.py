@@ -20,7 +20,7 @@ from .graph import TensorGraph
 from .initializers import InitSpec, fixed_tensor, initial_tensors
 from .plan import Cost, Plan, execute, plan
 
-__all__ = ["TNModule", "compile"]
+__all__ = ["TNModule", "check_fed_input", "compile", "feed_axes"]
 
 
 class _Buffers(nn.Module):
@@ -86,7 +86,7 @@ class TNModule(nn.Module):
 
     def cost(self, batch: int | None = None, axis: str | Sequence[str] | None = None) -> Cost:
         """FLOPs, largest intermediate and parameters of ``dense()`` or of ``apply`` on ``axis``."""
-        feed = _axes(axis)
+        feed = feed_axes(axis)
         if self._inputs and batch is None:
             batch = 1
         return self.plan(feed, batch if (feed or self._inputs) else None).cost
@@ -162,19 +162,9 @@ class TNModule(nn.Module):
         """
         if self._inputs:
             raise GraphError(f"apply: graph {self.graph.name!r} has input nodes {self._inputs}; call module(**inputs)")
-        feed = _axes(axis)
+        feed = feed_axes(axis)
         sizes = self.graph.axis_sizes
-        for ax in feed:
-            if ax not in sizes:
-                raise GraphError(f"apply: graph {self.graph.name!r} has no axis {ax!r}; axes: {list(sizes)}")
-        want = tuple(sizes[ax] for ax in feed)
-        if x.dim() < len(feed) or tuple(x.shape[x.dim() - len(feed):]) != want:
-            names = ", ".join(f"{ax}={sizes[ax]}" for ax in feed)
-            raise ShapeError(
-                f"apply: input of shape {tuple(x.shape)} must end with the sizes of axis ({names}), "
-                f"i.e. {want}"
-            )
-        self._check_dtype(x, "apply")
+        check_fed_input(x, feed, sizes, self.dtype, f"graph {self.graph.name!r}")
         lead = x.shape[: x.dim() - len(feed)]
         batch = math.prod(lead)
         legs = tuple(s for ax in feed for s in self.graph.axis_shape(ax))
@@ -240,10 +230,27 @@ class TNModule(nn.Module):
         return f"graph={self.graph.name!r}, nodes={len(self.graph)}, params={self.graph.num_params:,}, axes=({axes})"
 
 
-def _axes(axis: str | Sequence[str] | None) -> tuple[str, ...]:
+def feed_axes(axis: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``axis`` as a tuple of axis names (``None`` -> none fed)."""
     if axis is None:
         return ()
     return (axis,) if isinstance(axis, str) else tuple(axis)
+
+
+def check_fed_input(
+    x: torch.Tensor, feed: Sequence[str], sizes: Mapping[str, int], dtype: torch.dtype, owner: str
+) -> None:
+    """``apply``'s input checks, shared by every compiled structure: known axes, trailing
+    sizes, and dtype. ``owner`` names the structure in messages."""
+    for ax in feed:
+        if ax not in sizes:
+            raise GraphError(f"apply: {owner} has no axis {ax!r}; axes: {list(sizes)}")
+    want = tuple(sizes[ax] for ax in feed)
+    if x.dim() < len(feed) or tuple(x.shape[x.dim() - len(feed):]) != want:
+        names = ", ".join(f"{ax}={sizes[ax]}" for ax in feed)
+        raise ShapeError(f"apply: input of shape {tuple(x.shape)} must end with the sizes of axis ({names}), i.e. {want}")
+    if x.dtype != dtype:
+        raise AdtnError(f"apply: dtype {x.dtype} does not match the module's {dtype}; cast one of them")
 
 
 def _compiling() -> bool:
