@@ -9,7 +9,7 @@
 
     python benchmarks/repro_adtn.py                 # about 1 minute on 2 idle CPU cores (7 when shared)
     python benchmarks/repro_adtn.py --full          # 60 epochs, three seeds, mean ± std
-    python benchmarks/repro_adtn.py --out docs/results_repro.md
+    python benchmarks/repro_adtn.py --out docs/results.md
 
 The table is printed and written as the section ``## ADTN`` of ``--out`` (other sections kept).
 """
@@ -97,7 +97,7 @@ def fc2_runs(dense_epochs: int, epochs: int, seeds: tuple[int, ...], lr: float) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="60 epochs, three seeds, mean ± std (about 8 minutes on 2 idle cores)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results_repro.md"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
     parser.add_argument("--epochs", type=int, default=None, help="ADTN fine-tuning epochs (default 30; --full 60)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)

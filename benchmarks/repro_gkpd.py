@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="train the CNN longer, three seeds")
     parser.add_argument("--synthetic", action="store_true", help="a rank-16-plus-noise kernel, no training")
-    parser.add_argument("--out", type=Path, default=Path("docs/results_repro.md"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
     args = parser.parse_args(argv)
     start = time.perf_counter()
     epochs, seeds = (10, (0, 1, 2)) if args.full else (3, (0,))
