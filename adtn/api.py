@@ -13,6 +13,7 @@ axes and build options; ``initialize`` sets a layer's network from a dense weigh
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import numbers
 import warnings
@@ -24,6 +25,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import torch
 from torch import nn
 
+from .budget import FILL, kronecker_splits
+from .budget import fill_ranks as _fill_budget
+from .budget import knob_for_budget as _knob_for_budget
 from .errors import AdtnError, RankError, SchemaError, ShapeError, TemplateError
 from .graph import TensorGraph
 from .templates import Template, get, names
@@ -37,7 +41,6 @@ __all__ = ["FORMAT", "INITS", "Spec", "encode", "initialize", "load", "resolve",
 FORMAT = "adtn.model/1"
 SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d"
 INITS = ("auto", "decompose", "fit", "random")
-_MAX_SIZE = 2**24  # search bound of the rank (or depth) that fits a budget
 
 
 # ---------------------------------------------------------------------- options -> structure
@@ -92,87 +95,57 @@ def _modes(where: str, axes: dict[str, int], modes: Any, d: int | None, nouns: M
     return {**axes, out: n_out, inn: n_in}, (m_out, m_in)
 
 
-def _knob_for_budget(where: str, t: Template, axes: dict[str, int], knob: str, kwargs: dict, budget: float,
-                     dense: int) -> int:
-    """The largest ``knob`` (rank, or depth) whose parameter count is at most budget * dense."""
+def _sized(where: str, t: Template, axes: dict[str, int], kwargs: dict, knob: str, budget: float,
+           dense: int) -> dict:
+    """``kwargs`` with the size (uniform knob, then per-bond top-up) for ``budget`` of ``dense``."""
+    kwargs = {**kwargs, knob: _knob_for_budget(where, t, axes, knob, kwargs, budget, dense)}
+    if knob == "rank":
+        kwargs["rank"] = _fill_budget(t, axes, kwargs, budget * dense)
+    return kwargs
+
+
+def _shape_alternatives(where: str, t: Template, raw: dict[str, int], kwargs: dict, d_default: int | None,
+                        nouns: Mapping[str, str], target: float):
+    """Other shapes for a budget the default shape cannot fill: other numbers of modes, other
+    Kronecker splits (only when the user fixed neither)."""
+    params = _template_params(t)
+    if "modes" in params and d_default is not None:
+        for d in sorted(range(2, 7), key=lambda k: (abs(k - d_default), k)):
+            if d != d_default:
+                axes, modes = _modes(where, raw, None, d, nouns)
+                yield axes, {**kwargs, "modes": modes}
+    if "factors" in params and kwargs.get("factors") is None:
+        for options in itertools.islice(kronecker_splits(raw, target), 24):
+            yield raw, {**kwargs, **options}
+
+
+def _budget_spec(where: str, t: Template, axes: dict[str, int], kwargs: dict, knob: str, budget: float, dense: int,
+                 alternatives) -> tuple[dict[str, int], dict]:
+    """(axes, kwargs) whose count is <= budget * dense and, when any tried shape allows, >= 90% of it."""
     target = budget * dense
-
-    def count(r: int) -> int | None:
-        try:
-            return t.formula(axes, **kwargs, **{knob: r})
-        except AdtnError:
-            return None
-
-    # the smallest valid size: ranks of semi-tensor templates must divide by t, so sizes are
-    # searched as multiples of it
-    step = next((r for r in range(1, 65) if count(r) is not None), None)
-    first = count(step) if step is not None else None
-    if first is None or first > target:
-        raise RankError(
-            f"{where}: budget {budget} ({target:,.0f} of {dense:,} parameters) is below the smallest "
-            f"{t.name!r} ({knob}={step or 1}: {first if first is not None else 'invalid'} parameters)"
-        )
-
-    def fits(k: int) -> int | None:
-        p = count(k * step)
-        return p if p is not None and p <= target else None
-
-    lo, hi, p_lo = 1, None, first
-    while lo * step < _MAX_SIZE:
-        p = fits(2 * lo)
-        if p is None:
-            hi = 2 * lo
-            break
-        if p == p_lo:  # clipped ranks: larger values change nothing
-            break
-        lo, p_lo = 2 * lo, p
-    while hi is not None and hi - lo > 1:
-        mid = (lo + hi) // 2
-        p = fits(mid)
-        if p is None:
-            hi = mid
-        else:
-            lo, p_lo = mid, p
-    small, big = 1, lo  # the smallest value giving the same count (clipped ranks plateau)
-    while small < big:
-        mid = (small + big) // 2
-        if count(mid * step) == p_lo:
-            big = mid
-        else:
-            small = mid + 1
-    return small * step
-
-
-def _fill_budget(t: Template, axes: dict[str, int], kwargs: dict, target: float) -> Any:
-    """Top up a uniform rank that leaves more than 10% of the budget unused: raise single
-    bonds one step at a time (largest count that still fits first) when the template takes
-    one rank per bond. Uniform ranks are kept when that already reaches 90%."""
-    rank = kwargs["rank"]
-
-    def count(r: Any) -> int | None:
-        try:
-            return t.formula(axes, **{**kwargs, "rank": r})
-        except (AdtnError, TypeError, ValueError):
-            return None
-
-    base = count(rank)
-    if base is None or base >= 0.9 * target:
-        return rank
-    ranks = next((list((rank,) * n) for n in range(1, 16) if count([rank] * n) == base), None)
-    if ranks is None:
-        return rank
-    current = base
-    while current < 0.9 * target:
-        best = None
-        for k in range(len(ranks)):
-            trial = ranks[:k] + [ranks[k] + 1] + ranks[k + 1:]
-            p = count(trial)
-            if p is not None and current < p <= target and (best is None or p > best[0]):
-                best = (p, trial)
-        if best is None:
-            break
-        current, ranks = best
-    return ranks if current > base else rank
+    try:
+        kwargs = _sized(where, t, axes, kwargs, knob, budget, dense)  # the default shape
+        best = (t.formula(axes, **kwargs), axes, kwargs)
+    except AdtnError as err:
+        first_error, best = err, (0, axes, kwargs)
+    if best[0] < FILL * target:
+        for ax, kw in alternatives:
+            try:
+                kw = _sized(where, t, ax, kw, knob, budget, dense)
+            except AdtnError:
+                continue
+            p = t.formula(ax, **kw)
+            if p >= FILL * target or (best[0] == 0 and p > 0):  # another shape only when it fills the budget
+                best = (p, ax, kw)                                # (or the default shape has no valid size)
+            if p >= FILL * target:
+                break
+    if best[0] == 0:
+        raise first_error
+    if best[0] < FILL * target:
+        warnings.warn(f"{where}: no {t.name!r} size fills budget {budget} well: the closest count below it is "
+                      f"{best[0]:,} of {target:,.0f} parameters ({best[0] / target:.0%}; the promise is >= "
+                      f"{FILL:.0%}), the next sizes up exceed the budget", stacklevel=4)
+    return best[1], best[2]
 
 
 def resolve(
@@ -213,9 +186,13 @@ def resolve(
     if len(sizing) > 1:
         raise RankError(f"{where}: give one of {knob}=, budget= or tol=, got " + ", ".join(f"{k}={given[k]!r}"
                                                                                         for k in sizing))
+    raw, nouns = dict(axes), nouns or {ax: f"{ax} features" for ax in axes}
+    d_default = None  # the number of modes a budget may change: only when the user fixed no shape
     if "modes" in params:
         d = kwargs.pop("d", None) if "d" in params else None
-        axes, kwargs["modes"] = _modes(where, axes, modes, d, nouns or {ax: f"{ax} features" for ax in axes})
+        axes, kwargs["modes"] = _modes(where, axes, modes, d, nouns)
+        if modes is None and d is None:
+            d_default = len(kwargs["modes"][0])
     elif modes is not None:
         takers = [n for n in names() if "modes" in _template_params(get(n))]
         raise TemplateError(f"{where}: template {t.name!r} takes no modes=; templates with modes: {takers}")
@@ -229,9 +206,8 @@ def resolve(
                                 "parameter formula; pass its options directly")
         if "clip" in params and "clip" not in kwargs:
             kwargs["clip"] = True
-        kwargs[knob] = _knob_for_budget(where, t, axes, knob, kwargs, float(budget), dense)
-        if knob == "rank":
-            kwargs["rank"] = _fill_budget(t, axes, kwargs, float(budget) * dense)
+        alternatives = _shape_alternatives(where, t, raw, kwargs, d_default, nouns, float(budget) * dense)
+        axes, kwargs = _budget_spec(where, t, axes, kwargs, knob, float(budget), dense, alternatives)
     elif knob is not None and given.get(knob) is not None:
         kwargs[knob] = given[knob]
     elif knob is not None and tol is None and params[knob].default is inspect.Parameter.empty:

@@ -97,13 +97,25 @@ class DeepTNModule(nn.Module):
         self.gain = nn.Parameter(torch.ones((), dtype=dtype, device=device)) if deep.learn_scale else None
         self.register_buffer("scale", torch.ones((), dtype=dtype, device=device))
         target = 1 / math.sqrt(deep.fan_in) if std is None else float(std)
-        self.scale.fill_(deep.scale if deep.scale is not None else self._init_scale(target))
+        self.scale.fill_(deep.scale if deep.scale is not None else self._init_scale(target, init == "identity"))
 
-    def _init_scale(self, target: float) -> float:
-        """``target`` / std of the unscaled, cropped weight: the decoded weight's std at init is ``target``."""
+    def _raw_std(self) -> float:
         with torch.no_grad():
             raw = self._decode(torch.ones((), dtype=self.scale.dtype, device=self.scale.device))[: self.deep.size]
-            std = float(raw.std()) if raw.numel() > 1 else float(raw.abs().sum())
+            return float(raw.std()) if raw.numel() > 1 else float(raw.abs().sum())
+
+    def _init_scale(self, target: float, renormalize: bool = False) -> float:
+        """``target`` / std of the unscaled, cropped weight: the decoded weight's std at init is ``target``.
+
+        Identity + noise gates grow the state by about sqrt(1 + 4 noise^2) each, so a deep or
+        wide network overflows (or, through ReLUs, underflows) before the global scale can
+        compensate. Then (``renormalize``) every gate is rescaled to preserve the state's mean
+        square, ReLU's halving included, and the decode is retried: the decoded weight is the
+        same up to the global scale, since it is positively homogeneous in every gate."""
+        std = self._raw_std()
+        if renormalize and (not math.isfinite(std) or std == 0.0):
+            _preserve_norm(self.deep, self.gates)
+            std = self._raw_std()
         if not math.isfinite(std):
             raise AdtnError(f"adtn: the decoded weight at init is not finite (depth {self.deep.depth}, Q {self.deep.q}); "
                             "lower the init noise or pass scale=")
@@ -294,6 +306,19 @@ def _initial_gates(
                                                                                generator=gen)
         out[name] = (full if len(shape) == 4 else full[:, :, 0, 0]).to(dtype).contiguous()
     return out
+
+
+def _preserve_norm(deep: DeepTN, gates: nn.ParameterDict) -> None:
+    """Rescale full gates in place to Frobenius norm 2 (the identity's: mean square preserved on
+    a random state), times the ReLU gain sqrt(2 / (1 + slope^2)) spread over a layer's gates."""
+    gain = {"relu": 2.0, "leaky_relu": 2.0 / (1.0 + deep.negative_slope**2)}.get(deep.activation, 1.0)
+    with torch.no_grad():
+        for m, op in enumerate(deep.operators):
+            names = op.nodes_with_role("param")
+            full = [n for n in names if gates[n].dim() == 4]
+            per_gate = gain ** (0.5 / max(len(full), 1)) if m < deep.depth - 1 else 1.0
+            for n in full:
+                gates[n].mul_(2.0 * per_gate / gates[n].norm().clamp_min(1e-12))
 
 
 def _fused_schedule(deep: DeepTN, executor: str, width: int) -> tuple[str, list, dict[int, str]]:

@@ -149,9 +149,15 @@ def test_clip_lowers_ranks_to_useful():
     assert g.legs("spatial") == {"kh": 3, "kw": 3, "r": 9}
     g = ht.build_ht({"out": 16, "in": 16}, rank=100, modes=((4, 4), (4, 4)), clip=True)
     assert g.legs("leaf0")["r"] == 16
-    # bond max min(4*8, 5*2) = 10, then down to a multiple of t = 4
-    g = semi.build_semi_tt({"out": 20, "in": 16}, rank=20, modes=((4, 5), (8, 2)), t=4, clip=True)
-    assert g.legs("core1")["l"] * g.legs("core1")["s"] == 8
+    # bond max min(4*8 (A's side), 5*2 * t (B's side, I_t copies its s leg)) = 32 ...
+    g = semi.build_semi_tt({"out": 20, "in": 16}, rank=40, modes=((4, 5), (8, 2)), t=4, clip=True)
+    assert g.legs("core1")["l"] * g.legs("core1")["s"] == 32
+    # ... then down to a multiple of t = 4
+    g = semi.build_semi_tt({"out": 20, "in": 16}, rank=30, modes=((4, 5), (8, 2)), t=4, clip=True)
+    assert g.legs("core1")["l"] * g.legs("core1")["s"] == 28
+    # the plain TT bound on B's side (10) would have refused rank 20
+    g = semi.build_semi_tt({"out": 20, "in": 16}, rank=20, modes=((4, 5), (8, 2)), t=4)
+    assert g.legs("core1")["l"] == 5
 
 
 def test_registry_has_ours():
