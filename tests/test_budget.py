@@ -113,6 +113,17 @@ def test_too_small_a_budget_names_the_smallest_size():
 
 
 def test_no_valid_size_names_the_reason():
-    # semi-tensor Tucker halves every compressed axis by default: a 3x3 kernel axis cannot be halved
-    with pytest.raises(RankError, match=r"no rank of 'semi_tucker' is valid .*not divisible by t=2"):
-        resolve("conv1", "semi_tucker", LAYERS["conv 64->64 3x3"][0], TNConv2d.kind, budget=0.1)
+    # semi-tensor Tucker halves the compressed axes t divides; 17, 3, 5, 5: none
+    with pytest.raises(RankError, match=r"no rank of 'semi_tucker' is valid .*t=2 divides none"):
+        resolve("conv1", "semi_tucker", LAYERS["conv 3->17 5x5"][0], TNConv2d.kind, budget=0.1)
+
+
+def test_semi_tucker_on_a_3x3_kernel_keeps_plain_spatial_factors():
+    import torch
+
+    conv = nn.Conv2d(16, 32, 3, padding=1).double()
+    tn = adtn.encode(conv, "semi_tucker", budget=0.3, init="decompose")
+    assert tn.structure.legs("u_kh")["i"] == 3 and "t_kh" not in tn.structure.legs("core")
+    assert tn.structure.legs("u_in")["i"] == 8  # 16 / t
+    x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
+    assert torch.allclose(tn(x), torch.nn.functional.conv2d(x, tn.weight, tn.bias, padding=1), atol=1e-10)

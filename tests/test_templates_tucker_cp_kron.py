@@ -256,7 +256,10 @@ def test_semi_tucker_not_divisible():
         semi_tucker({"out": 16, "in": 8}, rank=(6, 4), t=4)
     with pytest.raises(ShapeError, match=r"semi-tensor axis 'kh' \(legs u_kh\.i, core\.t_kh\): size 3 is not "
                                          r"divisible by t=2"):
-        semi_tucker(CONV, rank=2)
+        semi_tucker(CONV, rank=2, t={"out": 2, "in": 2, "kh": 2, "kw": 1})  # t per axis is strict
+    assert "t_kh" not in semi_tucker(CONV, rank=2).legs("core")  # one int t: the 3x3 axes stay plain
+    with pytest.raises(ShapeError, match=r"semi_tucker: t=2 divides none of the compressed axes \[3, 5\]"):
+        semi_tucker({"out": 3, "in": 5}, rank=1)
     with pytest.raises(ShapeError, match=r"semi_tucker: t for axis 'in' must be a positive integer, got 0"):
         semi_tucker(LINEAR, rank=4, t=(2, 0))
 

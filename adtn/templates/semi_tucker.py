@@ -13,7 +13,8 @@ Then W[.., i*t + j, ..] = sum_p U_k[i, p] G[.., p*t + j, ..], which is exactly
 (U_k (x) I_t)[i*t + j, p*t + j'] = U_k[i, p] delta(j, j') applied to the core's mode k.
 With t_k = 1 the axis is plain Tucker (no t leg); axes outside ``compress`` stay full in the
 core. Parameters: prod(R_k, or I_k if uncompressed) + sum_k (I_k/t_k)(R_k/t_k).
-Sizes and ranks not divisible by t raise a ShapeError (no lcm expansion).
+An int t applies to the axes it divides (a conv kernel's 3x3 axes keep t = 1); t given per
+axis must divide it. Ranks not divisible by t raise a ShapeError (no lcm expansion).
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ def _semi_spec(
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     sizes, ranks = tucker_ranks(axes, rank, compress, "semi_tucker")
     ts = {}
+    spread = isinstance(t, int) and not isinstance(t, bool)  # one t for all: axes it does not divide stay plain
+    if spread and t > 1 and ranks and all(sizes[ax] % t for ax in ranks):
+        raise ShapeError(f"semi_tucker: t={t} divides none of the compressed axes {[sizes[ax] for ax in ranks]}")
     for ax, tk in per_axis(t, list(ranks), "semi_tucker: t", ShapeError).items():
         tk = ts[ax] = positive_int(tk, f"semi_tucker: t for axis {ax!r}", ShapeError)
+        if spread and sizes[ax] % tk:
+            tk = ts[ax] = 1
         if sizes[ax] % tk:
             raise ShapeError(
                 f"semi-tensor axis {ax!r} (legs u_{ax}.i, core.t_{ax}): size {sizes[ax]} is not divisible by "
@@ -70,7 +76,9 @@ def semi_tucker(
         axes: the weight's axes, name -> size.
         rank: the Tucker ranks R_k (int, one per compressed axis, or dict by axis), each
             divisible by its t and at most its axis size.
-        t: the semi-tensor factor (default 2): one for all compressed axes, one per axis, or a dict.
+        t: the semi-tensor factor (default 2): one int for all compressed axes (an axis it does
+            not divide, like a 3x3 kernel's, keeps a plain Tucker factor), one per axis, or a
+            dict (strict: every value must divide its axis).
         compress: the axes that get a factor (default: all); the others stay full in the core.
 
     Returns:
