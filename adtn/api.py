@@ -31,7 +31,7 @@ from .budget import knob_for_budget as _knob_for_budget
 from .errors import AdtnError, RankError, SchemaError, ShapeError, TemplateError
 from .graph import TensorGraph
 from .templates import Template, get, names
-from .templates.factor import default_modes, factorize
+from .templates.factor import default_modes, divisible_modes, factorize
 
 if TYPE_CHECKING:
     from .layers import TNLayer
@@ -148,6 +148,37 @@ def _budget_spec(where: str, t: Template, axes: dict[str, int], kwargs: dict, kn
     return best[1], best[2]
 
 
+_SEMI_IN_MODES = {"semi_tt": -1, "semi_tr": 0}  # in modes that must divide by t: d - 1 (chain), d (ring)
+
+
+def _semi_modes(axes: dict[str, int], raw: Mapping[str, int], modes: tuple, t: int, offset: int):
+    """Balanced default in modes made divisible by t where the semi-tensor bonds need it (padded if needed)."""
+    inn = list(axes)[1]
+    d = len(modes[1])
+    k = max(0, d + offset)
+    if t <= 1 or all(m % t == 0 for m in modes[1][:k]):
+        return axes, modes
+    size, in_modes = divisible_modes(raw[inn], d, t, k)
+    return {**axes, inn: size}, (modes[0], in_modes)
+
+
+def _clip_uniform_rank(t: Template, axes: Mapping[str, int], kwargs: dict) -> dict:
+    """One int rank for all bonds is a cap, as in tensorly: bonds that cannot use it (a 3x3
+    kernel's, a 1x1 conv's spatial core) get their largest useful rank. Ranks given per bond
+    stay strict, and so do the templates' own builders."""
+    rank = kwargs["rank"]
+    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
+        return kwargs
+    if "clip" in _template_params(t) and "clip" not in kwargs:
+        return {**kwargs, "clip": True}
+    out, inn = list(axes)[:2]
+    capped = {"tucker": list(axes) if kwargs.get("compress") is None else [], "tucker2": [out, inn]}.get(t.name, [])
+    if all(rank <= axes[ax] for ax in capped):
+        return kwargs
+    ranks = {ax: min(int(rank), axes[ax]) for ax in capped}
+    return {**kwargs, "rank": ranks if t.name == "tucker" else (ranks[out], ranks[inn])}
+
+
 def resolve(
     where: str,
     template: str,
@@ -191,6 +222,9 @@ def resolve(
     if "modes" in params:
         d = kwargs.pop("d", None) if "d" in params else None
         axes, kwargs["modes"] = _modes(where, axes, modes, d, nouns)
+        if modes is None and "t" in params and t.name in _SEMI_IN_MODES:
+            axes, kwargs["modes"] = _semi_modes(axes, raw, kwargs["modes"], int(kwargs.get("t", 2)),
+                                                _SEMI_IN_MODES[t.name])
         if modes is None and d is None:
             d_default = len(kwargs["modes"][0])
     elif modes is not None:
@@ -210,6 +244,8 @@ def resolve(
         axes, kwargs = _budget_spec(where, t, axes, kwargs, knob, float(budget), dense, alternatives)
     elif knob is not None and given.get(knob) is not None:
         kwargs[knob] = given[knob]
+        if knob == "rank":
+            kwargs = _clip_uniform_rank(t, axes, kwargs)
     elif knob is not None and tol is None and params[knob].default is inspect.Parameter.empty:
         raise RankError(f"{where}: template {t.name!r} needs a size: pass {knob}=, budget= (a fraction of the "
                         "dense parameters) or tol=")

@@ -79,6 +79,23 @@ def factorize(n: int, d: int) -> tuple[int, ...]:
     return out
 
 
+def divisible_modes(n: int, d: int, t: int, k: int, slack: float = 0.125) -> tuple[int, tuple[int, ...]]:
+    """(size, d modes) whose first k modes divide by t: the most balanced over sizes from n up
+    to n * (1 + slack), multiples of t^k (a padded size when n itself is not one).
+
+    The semi-tensor templates need it: I_t takes over a factor t of the in mode of every core
+    on the left of a semi-tensor bond. The t-multiples go to the smallest balanced factors."""
+    step = t**k
+    best = None
+    for size in range(-(-n // step) * step, max(n + step, math.ceil(n * (1 + slack))) + 1, step):
+        rest = sorted(factorize(size // step, d))  # ascending: the smallest get the factor t
+        modes = tuple(sorted((g * t for g in rest[:k]), reverse=True)) + tuple(sorted(rest[k:], reverse=True))
+        if best is None or max(modes) < max(best[1]):
+            best = (size, modes)
+    assert best is not None
+    return best
+
+
 def check_modes(axis: str, size: int, modes: Sequence[int]) -> tuple[int, ...]:
     """Check that ``modes`` are positive integers multiplying to ``size``; return them as a tuple."""
     if isinstance(modes, (str, bytes)) or not isinstance(modes, Sequence) or not modes:
