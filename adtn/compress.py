@@ -54,7 +54,7 @@ __all__ = ["POLICIES", "compress", "default_candidates"]
 
 POLICIES = ("hybrid", "mixed", "auto")
 SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
-LAYER_KEYS = ("init", "forward", "fit_options")  # encode options that are not the template's
+LAYER_KEYS = ("init", "forward", "fit_options", "shape")  # encode options that are not the template's
 SIZE_KEYS = ("rank", "depth", "budget", "tol")
 TOLERANCE = 0.1
 
@@ -155,6 +155,7 @@ class _Job:
     tried: dict[str, float] = field(default_factory=dict)
     built: dict[tuple[str, int], nn.Module] = field(default_factory=dict)
     note: str = ""
+    calib: torch.Tensor | None = None  # the layer's calibration input (for the shape search)
 
     @property
     def dense(self) -> int:
@@ -243,6 +244,8 @@ def _jobs(model: nn.Module, policy: Any, skip: Sequence[Any], options: dict[str,
                 raise TemplateError(f"{where}: an options dict needs a 'template' key, got {dict(value)}")
             value = value["template"]
         kind = "linear" if isinstance(module, nn.Linear) else "conv"
+        if value == "auto":
+            opts.setdefault("shape", "auto")
         cands = list(dict.fromkeys(_candidates(where, value, kind, candidates)))
         fixed = any(opts.get(k) is not None for k in SIZE_KEYS)
         if not fixed and budget is None:
@@ -291,16 +294,44 @@ def _build(job: _Job, template: str, value: int | None) -> nn.Module:
     key = (template, value)
     if key not in job.built:
         opts = _opts_for(template, job.opts, len(job.candidates) > 1)
+        where = f"compress: layer {job.name!r}"
+        searched = _searched(job, template, value, opts)
+        if searched is not None:
+            job.built[key] = searched
+            return searched
+        opts.pop("shape", None)
         if value is not None:
             opts[_knob(template)] = value
             if "clip" in _template_params(get(template)):
                 opts.setdefault("clip", True)
-        where = f"compress: layer {job.name!r}"
         try:
             job.built[key] = encode(job.module, template, **opts)
         except AdtnError as err:
             raise type(err)(f"{where}: {err}") from None
     return job.built[key]
+
+
+def _searched(job: _Job, template: str, value: int | None, opts: dict[str, Any]) -> nn.Module | None:
+    """With ``shape="auto"`` (the ``auto`` policy's default), a searchable template's layer at the
+    parameters ``value`` gives the default shape, in the shape with the lowest error there
+    (``adtn.shapes.search``, ranked by output error on the calibration input when there is one);
+    None when the shape is forced or the search finds no shape within those parameters."""
+    from .shapes import SEARCHABLE
+
+    forced = any(opts.get(k) is not None for k in ("modes", "factors", "d"))
+    if opts.get("shape") != "auto" or value is None or template not in SEARCHABLE or forced:
+        return None
+    ladder = job.ladders.get(template)
+    count = ladder.count(value) if ladder is not None else None
+    if not count:
+        return None
+    opts = {k: v for k, v in opts.items() if k not in SIZE_KEYS} | {"budget": count / job.dense}
+    if job.calib is not None:
+        opts["calibration"] = job.calib
+    try:
+        return encode(job.module, template, **opts)
+    except AdtnError:
+        return None
 
 
 def _knob(template: str) -> str:
@@ -550,6 +581,8 @@ def compress(
         raise AdtnError(f"compress: no nn.Linear/nn.Conv1d/nn.Conv2d layers left to compress in "
                         f"{type(model).__name__}(...) after skip={skip!r}{left}")
     inputs, ref = _capture(work, jobs, calibration) if calibration is not None else ({}, None)
+    for j in jobs:
+        j.calib = inputs.get(j.name)
 
     flexible = [j for j in jobs if not j.fixed]
     for j in jobs:
@@ -573,9 +606,10 @@ def compress(
         shape = tuple(inputs[j.name].shape) if j.name in inputs else None
         before, _ = layer_flops(j.module, shape)
         after, fwd = layer_flops(layer, shape)
+        choice = getattr(layer, "shape_choice", None)
         report.rows.append(LayerRow(j.name or ".", type(j.module).__name__, j.chosen, dict(layer.template_options),
                                     j.dense, layer.num_tn_params, before, after, fwd, werr, cerr, dict(j.tried),
-                                    j.note))
+                                    j.note, "" if choice is None else choice.summary()))
         work = _replace(work, j.name, layer)
     report.skipped = skipped
     report.model_params_after = sum(p.numel() for p in work.parameters())

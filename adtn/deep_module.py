@@ -20,6 +20,13 @@ Two executors give the same numbers (tests check it):
 
 The 2^Q x 2^Q layer matrices are never formed. The global scale multiplies one gate of the
 last operator (the network is linear in it), so it costs no pass over the state.
+
+``apply_split(x)`` computes ``x @ dense().T`` for a weight (out, in) without applying all of
+the last operator to the state: its gates on the output legs only and on the input legs only
+act on the (much smaller) batch instead, and only the gates that cross the out | in boundary
+(and those before them) pass over the state; ``TNLinear`` runs it at depth >= 2 when it
+streams fewer entries. On CPU, the states and their gradients live in reusable workspace
+buffers (``adtn.plan.WORKSPACE``): a fresh 64 MiB tensor is page-faulted anew every step.
 """
 
 from __future__ import annotations
@@ -33,11 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .deep import PREV, DeepTN, fused_schedule
+from .deep import PREV, DeepTN, fused_schedule, trace_gates, windows
 from .errors import AdtnError, ShapeError
 from .initializers import fixed_tensor, identity_like
 from .module import _Buffers, check_fed_input, feed_axes
-from .plan import Cost, Plan, execute, plan
+from .plan import WORKSPACE, Cost, Plan, execute, plain_ops, plan
 
 __all__ = ["DeepTNModule", "GateInit"]
 
@@ -185,12 +192,15 @@ class DeepTNModule(nn.Module):
         return ops
 
     def _activate(self, state: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        if self.deep.activation == "relu":
+        act, slope = self.deep.activation, self.deep.negative_slope
+        if act is None:
+            return state
+        if (inplace and (act == "relu" or slope > 0) and state.requires_grad and torch.is_grad_enabled()
+                and not plain_ops()):
+            return _InplaceActivation.apply(state, None if act == "relu" else slope)
+        if act == "relu":
             return F.relu(state, inplace=inplace)
-        if self.deep.activation == "leaky_relu":
-            slope = self.deep.negative_slope
-            return F.leaky_relu(state, slope, inplace=inplace and slope > 0)
-        return state
+        return F.leaky_relu(state, slope, inplace=inplace and slope > 0)
 
     def _planned(self, layer: int, state: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
         """Operator ``layer`` through the planner: the flat state in, the flat new state out."""
@@ -232,6 +242,90 @@ class DeepTNModule(nn.Module):
             state = self._activate(state, inplace=fused and not ckpt)
             state = _checkpoint(run, m, state, s, use_reentrant=False) if ckpt else run(m, state, s)
         return state.reshape(-1)
+
+    # ------------------------------------------------------------------ the last operator split
+    def _split(self) -> tuple[list, list, list, int] | None:
+        """The last operator's gates split for ``apply_split``: windows of the gates applied to the
+        state (``mid``), of those acting on the output legs only and on the input legs only (legs
+        counted from the side's first), and the number of output legs; None when not applicable
+        (depth 1, the planner executor, a padded weight, or not two axes). Cached."""
+        if "_split_cache" in self.__dict__:
+            return self._split_cache
+        result, d = None, self.deep
+        last = d.operators[-1]
+        axes = [ax for ax in last.outputs if ax != PREV]
+        if self.executor == "fused" and d.depth >= 2 and d.exact and len(axes) == 2:
+            q, q_out = d.q, len(last.axis_shape(axes[0]))
+            gates = trace_gates(last, d.depth - 1, q)
+            if not isinstance(gates, str):
+                # a gate crossing the out | in boundary acts on the state; so does every gate that
+                # must run before one that does (it shares a leg with it and comes earlier)
+                mid, legs = set(), set()
+                for k in range(len(gates) - 1, -1, -1):
+                    _, a, b = gates[k]
+                    if a < q_out <= b or {a, b} & legs:
+                        mid.add(k)
+                        legs |= {a, b}
+                parts = ([g for k, g in enumerate(gates) if k in mid],
+                         [g for k, g in enumerate(gates) if k not in mid and g[2] < q_out],
+                         [(n, a - q_out, b - q_out) for k, (n, a, b) in enumerate(gates) if k not in mid and a >= q_out])
+                width = max((hi - lo for wins in self._windows for lo, hi, _ in wins), default=5)
+                result = tuple(
+                    [(lo, hi, [(part[k][0], part[k][1]) for k in idx])
+                     for lo, hi, idx in windows([(a, b) for _, a, b in part], n, width)]
+                    for part, n in zip(parts, (q, q_out, q - q_out))
+                ) + (q_out,)
+        self.__dict__["_split_cache"] = result
+        return result
+
+    def split_cost(self, batch: int) -> tuple[int, int] | None:
+        """(entries streamed by ``dense()``'s last operator, by ``apply_split``'s), passes times
+        entries; None when the split does not apply."""
+        split = self._split()
+        if split is None:
+            return None
+        mid, outs, ins, q_out = split
+        q = self.deep.q
+        full = len(self._windows[-1]) * 2**q
+        return full, len(mid) * 2**q + batch * (len(outs) * 2**q_out + len(ins) * 2 ** (q - q_out))
+
+    def apply_split(self, x: torch.Tensor, linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                    ) -> torch.Tensor:
+        """``x`` (batch, in) @ W.T without applying all of the last operator to the 2^Q state.
+
+        The last operator's gates that act on the output legs only form a matrix A, those on
+        the input legs only B, the rest (gates crossing the boundary and those before them) M,
+        so W = A · mat(M s) · B^T: ``x`` goes through B's windows (transposed, reversed) and the
+        product through A's, each a pass over batch x 2^(legs) entries, and only M's windows
+        pass over the state. Same numbers as ``x @ dense().T`` up to rounding; ``linear(z, w)``
+        computes ``z @ w.T`` (default ``F.linear``).
+        """
+        mid, outs, ins, q_out = self._split()
+        d = self.deep
+        q, depth = d.q, d.depth
+        run = self._fused
+        ckpt = self.checkpoint and torch.is_grad_enabled()
+        state = run(0, None, None)
+        for m in range(1, depth):
+            state = self._activate(state, inplace=not ckpt)
+            if m < depth - 1:
+                state = _checkpoint(run, m, state, None, use_reentrant=False) if ckpt else run(m, state, None)
+        tensors = {name: self.gates[name] for name, role in self._roles[depth - 1] if role == "param"}
+        tensors[self._scaled] = tensors[self._scaled] * self.effective_scale()
+
+        def matrix(lo: int, hi: int, gates: list) -> torch.Tensor:
+            return _window_matrix([(tensors[name], a - lo) for name, a in gates], hi - lo)
+
+        for lo, hi, gates in mid:
+            state, _ = _apply_window(state, q, matrix(lo, hi, gates), lo, hi, None)
+        z = x
+        for lo, hi, gates in reversed(ins):
+            z = _apply_side(z, matrix(lo, hi, gates).T, lo, hi, q - q_out)
+        w = state.reshape(2**q_out, 2 ** (q - q_out))
+        y = linear(z, w) if linear is not None else F.linear(z, w)
+        for lo, hi, gates in outs:
+            y = _apply_side(y, matrix(lo, hi, gates), lo, hi, q_out)
+        return y
 
     def dense(self) -> torch.Tensor:
         """The weight, shaped like the axes: the first prod(axes) decoded entries, times the scale."""
@@ -372,6 +466,14 @@ def _apply_window(
     return _MiddleMatmul.apply(m, psi.reshape(2**lo, 2**n, post)), e
 
 
+def _apply_side(x: torch.Tensor, m: torch.Tensor, lo: int, hi: int, legs: int) -> torch.Tensor:
+    """``m`` applied on legs [lo, hi) of every row of ``x`` (batch, 2^legs)."""
+    pre, n, post = x.shape[0] * 2**lo, 2 ** (hi - lo), 2 ** (legs - hi)
+    if post == 1:
+        return _RowMatmul.apply(x.reshape(pre, n), m).reshape(x.shape)
+    return _MiddleMatmul.apply(m, x.reshape(pre, n, post)).reshape(x.shape)
+
+
 def _chunks(rows: int, entries: int) -> int:
     """How many chunks to split ``rows`` into so that each partial product holds <= _CHUNK entries."""
     return max(1, min(rows // _ROWS, _CHUNK // entries))
@@ -386,7 +488,7 @@ class _RowMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return s @ m.T
+        return torch.mm(s, m.T, out=WORKSPACE.out((s.shape[0], m.shape[0]), s))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
@@ -396,7 +498,7 @@ class _RowMatmul(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         s, m = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_s = grad @ m if ctx.needs_input_grad[0] else None
+        grad_s = torch.mm(grad, m, out=WORKSPACE.out(s.shape, s)) if ctx.needs_input_grad[0] else None
         grad_m = None
         if ctx.needs_input_grad[1]:
             rows, n_out, n_in = s.shape[0], m.shape[0], m.shape[1]
@@ -416,7 +518,8 @@ class _MiddleMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(m.expand(s.shape[0], -1, -1), s)  # torch.matmul may fold s into a transposed copy
+        out = WORKSPACE.out((s.shape[0], m.shape[0], s.shape[2]), s)
+        return torch.bmm(m.expand(s.shape[0], -1, -1), s, out=out)  # torch.matmul may fold s into a transposed copy
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
@@ -426,7 +529,9 @@ class _MiddleMatmul(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         m, s = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_s = torch.bmm(m.T.contiguous().expand(s.shape[0], -1, -1), grad) if ctx.needs_input_grad[1] else None
+        grad_s = None
+        if ctx.needs_input_grad[1]:
+            grad_s = torch.bmm(m.T.contiguous().expand(s.shape[0], -1, -1), grad, out=WORKSPACE.out(s.shape, s))
         grad_m = None
         if ctx.needs_input_grad[0]:
             pre, n, post = s.shape
@@ -441,6 +546,31 @@ class _MiddleMatmul(torch.autograd.Function):
             for part in parts:
                 grad_m = part if grad_m is None else grad_m + part
         return grad_m, grad_s
+
+
+class _InplaceActivation(torch.autograd.Function):
+    """ReLU (``slope`` None) or leaky ReLU applied in place to a fused state, with the input
+    gradient written to a workspace buffer (a fresh 64 MiB one costs page faults on every step)."""
+
+    @staticmethod
+    def forward(ctx: Any, state: torch.Tensor, slope: float | None) -> torch.Tensor:
+        if slope is None:
+            state.clamp_min_(0)
+        else:
+            F.leaky_relu(state, slope, inplace=True)
+        ctx.mark_dirty(state)
+        ctx.save_for_backward(state)
+        ctx.slope = slope
+        return state
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (out,) = ctx.saved_tensors
+        buf = WORKSPACE.empty(out.shape, out)
+        if ctx.slope is None:
+            return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=buf), None
+        return torch.ops.aten.leaky_relu_backward.grad_input(grad, out, ctx.slope, True, grad_input=buf), None
 
 
 _ROWS = 1 << 10  # the fewest rows per chunk in _RowMatmul's backward

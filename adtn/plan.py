@@ -9,6 +9,7 @@ backend does), so graphs with hundreds of indices work.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ import torch
 from .errors import AdtnError, GraphError
 from .graph import TensorGraph
 
-__all__ = ["Cost", "Plan", "Signature", "Step", "choose_optimizer", "clear_cache", "execute", "plan", "signature"]
+__all__ = [
+    "WORKSPACE", "Cost", "Plan", "Signature", "Step", "Workspace", "choose_optimizer", "clear_cache", "execute", "plain_ops",
+    "plan", "signature",
+]
 
 BATCH = "_batch"  # operand-name prefix of inputs fed to output axes
 _CACHE: OrderedDict[tuple, Plan] = OrderedDict()
@@ -324,3 +328,74 @@ def execute(steps: Sequence[Step], operands: list[torch.Tensor]) -> torch.Tensor
 def dense_size(graph: TensorGraph) -> int:
     """Number of entries of the full tensor (product of all axis sizes)."""
     return math.prod(graph.axis_sizes.values())
+
+
+# ---------------------------------------------------------------------- workspace
+def plain_ops() -> bool:
+    """True while ``torch.compile`` traces or a ``torch.func`` transform (grad, vmap, ...) runs: the
+    executors then use plain torch ops instead of hand-written autograd Functions and buffers."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return torch.compiler.is_compiling() or bool(active and active())
+
+
+class Workspace:
+    """Reusable CPU buffers for the large intermediates of hand-written executors.
+
+    glibc serves every allocation above 32 MiB (its largest dynamic mmap threshold) with a
+    fresh ``mmap``, so a training step that makes a 64 MiB state pays a page fault per 4 KiB
+    page every time it is made (on 2 CPU threads, about as long as one pass over it). A
+    buffer taken here is kept after use and handed out again once nothing else holds its
+    storage, which is decided by the storage's reference count (saved tensors of an
+    autograd graph, views and user references all count), so reuse is safe however the
+    results are kept: a buffer saved for a backward pass stays busy until the graph is freed.
+
+    Only CPU tensors of at least ``min_bytes`` are pooled (smaller ones come from the heap
+    cheaply; CUDA has its own caching allocator); at most ``max_bytes`` are kept. Nothing is
+    pooled while ``torch.compile`` traces, or when torch lacks the storage use count.
+    """
+
+    def __init__(self, min_bytes: int = 1 << 22, max_bytes: int = 1 << 32) -> None:
+        self.min_bytes = min_bytes
+        self.max_bytes = max_bytes
+        self.enabled = hasattr(torch._C, "_storage_Use_Count")
+        self._free: dict[int, list[torch.UntypedStorage]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def empty(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device (pooled
+        when large). It aliases a kept storage but is not a view, so autograd treats it as fresh."""
+        out = self.out(shape, like)
+        return torch.empty(tuple(shape), dtype=like.dtype, device=like.device) if out is None else out
+
+    def out(self, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor | None:
+        """A pooled buffer for an op's ``out=``, or None (the op allocates) when pooling does not
+        apply: small, not on CPU, disabled, or under ``plain_ops()`` (out= has no autograd)."""
+        shape = tuple(int(s) for s in shape)
+        nbytes = math.prod(shape) * like.element_size()
+        if not self.enabled or like.device.type != "cpu" or nbytes < self.min_bytes or plain_ops():
+            return None
+        with self._lock:
+            pool = self._free.setdefault(nbytes, [])
+            for storage in pool:
+                if torch._C._storage_Use_Count(storage._cdata) == 1:  # only the pool holds it
+                    return torch.empty(0, dtype=like.dtype).set_(storage, 0, shape)
+            storage = torch.empty(nbytes, dtype=torch.uint8).untyped_storage()
+            if self._bytes + nbytes <= self.max_bytes:
+                pool.append(storage)
+                self._bytes += nbytes
+            return torch.empty(0, dtype=like.dtype).set_(storage, 0, shape)
+
+    def clear(self) -> None:
+        """Drop every kept buffer (those in use stay alive with their users)."""
+        with self._lock:
+            self._free.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the pool (busy buffers included)."""
+        return self._bytes
+
+
+WORKSPACE = Workspace()

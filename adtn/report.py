@@ -44,6 +44,8 @@ class LayerRow:
             (None without a calibration batch).
         candidates: per candidate template tried (``mixed``, ``auto``), the error that chose it.
         note: why something is unusual (e.g. the budget was below the layer's smallest size).
+        shape: the shape search's choice (``ShapeChoice.summary()``: the shape, its error, the
+            best runner-up's and the default shape's), empty when the shape was not searched.
     """
 
     name: str
@@ -59,6 +61,7 @@ class LayerRow:
     calib_error: float | None = None
     candidates: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    shape: str = ""
 
     @property
     def ratio(self) -> float:
@@ -160,6 +163,7 @@ class Report:
         lines.append(f"FLOPs {self.flops_unit}; params count weights only (biases stay dense)")
         lines += [f"left dense: {name} ({why})" for name, why in self.skipped]
         lines += [f"note: {r.name}: {r.note}" for r in self.rows if r.note]
+        lines += [f"shape {r.name}: {r.shape}" for r in self.rows if r.shape]
         return lines
 
     def __str__(self) -> str:
@@ -206,9 +210,10 @@ class Report:
             if isinstance(m, TNLayer):
                 before, _ = layer_flops(_dense_twin(m), shapes.get(name))
                 after, fwd = layer_flops(m, shapes.get(name))
+                choice = getattr(m, "shape_choice", None)
                 rows.append(LayerRow(name or ".", _TN_TYPES.get(type(m).__name__, type(m).__name__), m.template,
                                      dict(m.template_options), math.prod(m.axes.values()), m.num_tn_params, before,
-                                     after, fwd))
+                                     after, fwd, shape="" if choice is None else choice.summary()))
         n = sum(p.numel() for p in model.parameters())
         dense = n - sum(r.params_after - r.params_before for r in rows)
         return cls(rows, policy="(from the saved model)", model_params_before=dense, model_params_after=n,

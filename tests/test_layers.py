@@ -124,6 +124,9 @@ def test_auto_streams_when_clearly_cheaper_and_rebuilds_when_not():
     layer = TNLinear(4096, 4096, template="tt", rank=4)
     small, big = layer.choose_forward((1, 4096)), layer.choose_forward((4096, 4096))
     assert small.mode == "direct" and small.direct_cost * 10 < small.dense_cost
+    assert big.mode == "direct"  # the chain executor streams a rank-4 TT faster than dense even at batch 4096
+    wide = TNLinear(4096, 4096, template="tt", rank=64)
+    big = wide.choose_forward((4096, 4096))
     assert big.mode == "dense" and big.dense_cost < big.direct_cost
     assert layer._choices  # cached per shape
     assert layer.choose_forward((1, 4096)) is small
@@ -382,3 +385,197 @@ def test_missing_size_budget_too_small_and_bad_forward():
         TNLinear(64, 48, template="tt", rank=2, forward="fast")
     with pytest.raises(ShapeError, match=r"TNLinear: input of shape \(3, 5\) must end with in_features=64"):
         TNLinear(64, 48, template="tt", rank=2)(torch.randn(3, 5))
+
+
+# ---------------------------------------------------------------------- chain executor (TT / MPO streaming)
+CHAIN_CASES = [  # (in, out, modes, rank, batch): single cores (every step kind), merged cores, uneven modes
+    (64, 64, ((4, 4, 4), (4, 4, 4)), 4, 1),
+    (64, 64, ((4, 4, 4), (4, 4, 4)), 4, 8),
+    (256, 256, ((4, 4, 4, 4), (4, 4, 4, 4)), 4, 8),
+    (64, 48, None, 3, 5),
+]
+
+
+def chain_layer(i, o, modes, rank, dtype=torch.float64, **kw):
+    extra = {"modes": modes} if modes else {}
+    return TNLinear(i, o, template="tt", rank=rank, forward="direct", dtype=dtype, **extra, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CHAIN_CASES)
+def test_tt_linear_streams_through_the_chain_executor(case, dtype):
+    i, o, modes, rank, batch = case
+    layer = chain_layer(i, o, modes, rank, dtype)
+    assert layer._chain(batch) is not None
+    x = torch.randn(batch, i, dtype=dtype, requires_grad=True)
+    y, ref = layer(x), F.linear(x, layer.weight, layer.bias)
+    torch.testing.assert_close(y, ref, rtol=TOL[dtype], atol=TOL[dtype] * float(ref.detach().abs().max()))
+    g = torch.randn_like(y)
+    params = [x, *layer.parameters()]
+    got, want = torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=TOL[dtype] * 10, atol=TOL[dtype] * 10 * float(b.abs().max()))
+
+
+def test_chain_executor_merges_neighbouring_cores_when_cheaper():
+    layer = TNLinear(4096, 4096, template="tt", rank=16, modes=((8,) * 4, (8,) * 4))
+    chain = layer._chain(128)
+    assert [s.cores for s in chain.steps] == [(2, 3), (0, 1)]  # two products of K = 64 and 1024, no transposes
+    assert layer.choose_forward((128, 4096)).mode == "direct"
+    assert TNLinear(64, 64, template="tt", rank=4, modes=((4,) * 3, (4,) * 3))._chain(1).steps[0].cores == (2,)
+
+
+@pytest.mark.parametrize("case", [c for c in CHAIN_CASES if c[0] <= 64])
+def test_gradcheck_chain_executor(case):
+    i, o, modes, rank, batch = case
+    layer = chain_layer(i, o, modes, rank)
+    x = torch.randn(batch, i, dtype=torch.float64, requires_grad=True)
+    keys, values = zip(*[(k, p.detach().clone().requires_grad_(True)) for k, p in layer.named_parameters()])
+    assert layer._chain(batch) is not None
+
+    def run(x, *params):
+        return torch.func.functional_call(layer, dict(zip(keys, params)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *values), eps=1e-6, atol=1e-6)
+
+
+def test_chain_executor_permutes_legs_out_of_chain_order():
+    g = adtn.TensorGraph("perm")
+    g.add_node("c0", {"o": 4, "i": 3, "r": 2})
+    g.add_node("c1", {"l": 2, "o": 5, "i": 6})
+    g.bond("c0.r", "c1.l")
+    g.set_outputs({"out": ["c0.o", "c1.o"], "in": ["c1.i", "c0.i"]}).freeze()
+    layer = TNLinear(18, 20, structure=g, forward="direct", dtype=torch.float64)
+    chain = layer._chain(7)
+    assert chain is not None and (chain.in_perm is not None or chain.out_perm is not None)
+    x = torch.randn(7, 18, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-10, atol=1e-10)
+    keys, values = zip(*[(k, p.detach().clone().requires_grad_(True)) for k, p in layer.named_parameters()])
+    assert torch.autograd.gradcheck(lambda x, *p: torch.func.functional_call(layer, dict(zip(keys, p)), (x,)),
+                                    (x, *values))
+
+
+def test_chain_executor_takes_leading_dims_and_padding():
+    layer = chain_layer(64, 48, None, 3)
+    x = torch.randn(2, 3, 64, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-10, atol=1e-10)
+    padded = encode(nn.Linear(97, 10, dtype=torch.float64), "tt", rank=3, init="random", forward="direct")
+    assert padded.pads and padded._chain(4) is not None
+    x = torch.randn(4, 97, dtype=torch.float64)
+    torch.testing.assert_close(padded(x), F.linear(x, padded.weight, padded.bias), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["tr", "ht", "semi_tr"])
+def test_non_chains_use_the_planner(name):
+    layer = encode(nn.Linear(256, 256), name, rank=2, init="random", forward="direct")  # a ring, a tree
+    assert layer._chain(5) is None
+    x = torch.randn(5, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tt", "tucker2", "cp", "kronecker", "semi_tt"])
+def test_path_shaped_networks_stream_through_the_chain_executor(name):
+    layer = encode(nn.Linear(256, 256, dtype=torch.float64), name, rank=2, init="random", forward="direct")
+    assert layer._chain(5) is not None  # cp: its delta joins just two factors, a plain bond
+    x = torch.randn(5, 256, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-10, atol=1e-10)
+
+
+def test_a_two_core_ring_is_a_chain_with_a_double_bond():
+    layer = encode(nn.Linear(64, 48, dtype=torch.float64), "tr", rank=2, init="random", forward="direct",
+                   modes=((8, 6), (8, 8)))
+    assert layer._chain(5) is not None
+    x = torch.randn(5, 64, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-10, atol=1e-10)
+
+
+def test_pooled_buffers_survive_two_forwards_before_backward(monkeypatch):
+    from adtn.plan import WORKSPACE
+
+    monkeypatch.setattr(WORKSPACE, "min_bytes", 0)  # pool every intermediate
+    layer = chain_layer(256, 256, ((4,) * 4, (4,) * 4), 4)
+    assert len(layer._chain(8).steps) > 1
+    x1, x2 = (torch.randn(8, 256, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    y1, y2 = layer(x1), layer(x2)  # the second forward must not reuse the first one's saved states
+    (y1 ** 2).sum().add((3 * y2).sum()).backward()
+    got = [x1.grad, x2.grad, *(p.grad for p in layer.parameters())]
+    for t in [x1, x2, *layer.parameters()]:
+        t.grad = None
+    w = layer.weight
+    (F.linear(x1, w, layer.bias) ** 2).sum().add((3 * F.linear(x2, w, layer.bias)).sum()).backward()
+    want = [x1.grad, x2.grad, *(p.grad for p in layer.parameters())]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_workspace_reuses_a_buffer_only_once_released():
+    from adtn.plan import Workspace
+
+    ws = Workspace(min_bytes=0)
+    like = torch.empty(0, dtype=torch.float64)
+    ptr = lambda t: t.untyped_storage().data_ptr()
+    a = ws.empty((4, 5), like)
+    pa = ptr(a)
+    b = ws.empty((20,), like)
+    pb = ptr(b)
+    assert pb != pa  # a is held
+    del b
+    c = ws.empty((2, 10), like)
+    assert ptr(c) == pb  # b was released
+    view = a[1:]
+    del a
+    d = ws.empty((10, 2), like)
+    assert ptr(d) not in (pa, pb)  # a view keeps a's storage busy, c holds b's
+    del view
+    e = ws.empty((5, 4), like)
+    assert ptr(e) == pa and e._base is None and e.is_contiguous() and e.shape == (5, 4) and e.dtype == torch.float64
+    assert ws.nbytes == 3 * 160
+    ws.clear()
+    assert ws.nbytes == 0
+    small = Workspace(min_bytes=1 << 20)
+    assert small.out((4,), like) is None and small.empty((4,), like).shape == (4,) and small.nbytes == 0
+
+
+def test_torch_func_grad_runs_the_plain_ops():
+    for layer, x in ((chain_layer(64, 48, None, 3), torch.randn(5, 64, dtype=torch.float64)),
+                     (encode(nn.Conv2d(8, 8, 3, dtype=torch.float64), "cp", rank=3, init="random"),
+                      torch.randn(2, 8, 6, 6, dtype=torch.float64))):
+        params = {k: p.detach() for k, p in layer.named_parameters()}
+
+        def loss(p, layer=layer, x=x):
+            return torch.func.functional_call(layer, p, (x,)).pow(2).sum()
+
+        grads = torch.func.grad(loss)(params)
+        layer.zero_grad()
+        layer(x).pow(2).sum().backward()
+        for k, p in layer.named_parameters():
+            torch.testing.assert_close(grads[k], p.grad)
+
+
+# ---------------------------------------------------------------------- conv fast forms across layouts
+@pytest.mark.parametrize("name,options", [("tucker2", {"rank": 3}), ("cp", {"rank": 3}),
+                                          ("kronecker", {"rank": 2, "factors": ((8, 1, 3, 3), (1, 8, 1, 1))}),
+                                          ("kronecker", {"rank": 2, "factors": ((1, 8, 1, 1), (8, 1, 3, 3))}),
+                                          ("kronecker", {"rank": 2, "factors": ((8, 1, 3, 1), (1, 8, 1, 3))})])
+def test_fast_conv_forms_keep_the_input_layout(name, options):
+    layer = encode(nn.Conv2d(8, 8, 3, padding=1, dtype=torch.float64), name, init="random", forward="direct",
+                   **options)
+    x = torch.randn(2, 8, 6, 5, dtype=torch.float64)
+    assert layer.choose_forward(tuple(x.shape)).form == FAST[name]
+    ref = reference(layer, x)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
+        inp = inp.detach().requires_grad_(True)
+        y = layer(inp)
+        torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+        channels_last = inp.is_contiguous(memory_format=torch.channels_last) and not inp.is_contiguous()
+        assert y.is_contiguous(memory_format=torch.channels_last) if channels_last else y.is_contiguous()
+        y.sum().backward()  # an expanded gradient
+        g = inp.grad
+        inp.grad = None
+        reference(layer, inp).sum().backward()
+        torch.testing.assert_close(g, inp.grad, rtol=1e-10, atol=1e-10)
+    keys, values = zip(*[(k, p.detach().clone().requires_grad_(True)) for k, p in layer.named_parameters()])
+    xs = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *p: torch.func.functional_call(layer, dict(zip(keys, p)), (x,)),
+                                    (xs, *values))

@@ -39,7 +39,6 @@ from .linear import TNLayer
 __all__ = ["TNConv1d", "TNConv2d"]
 
 TUCKER = ("tucker2", "tucker")
-CHANNELS_LAST = ("tucker2", "cp", "kronecker")  # fast forms run channels-last on CPU
 
 
 def _tuple(value: Any, n: int, name: str, where: str, low: int = 1) -> tuple[int, ...]:
@@ -221,10 +220,7 @@ class _TNConvNd(TNLayer):
             y = F.conv2d(x4, weight, self.bias, **self._geo.args)
         elif form == "unfold":
             y = self._run_unfold(x4)
-        elif x4.device.type == "cpu" and form in CHANNELS_LAST:
-            # oneDNN's small and depthwise convs run 1.2-3x faster channels-last; hand back torch's layout
-            y = self._run_fast(form, x4.contiguous(memory_format=torch.channels_last)).contiguous()
-        else:
+        else:  # the fast forms run channels-last on CPU and hand back the input's layout
             y = self._run_fast(form, x4)
         return y.squeeze(2) if self.nd == 1 else y
 

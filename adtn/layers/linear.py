@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..api import INITS, initialize, resolve, tol_structure
+from ..api import INITS, _template_params, initialize, resolve, tol_structure
 from ..errors import AdtnError, ShapeError
 from ..graph import TensorGraph
+from ..module import check_fed_input
 from ..module import compile as compile_graph
-from ..templates.registry import template_of
-from .forward import ACTIVATION_WEIGHT, Choice, check_mode, choose, tn_cost
+from ..plan import WORKSPACE, plain_ops
+from ..templates.registry import get, template_of
+from .forward import ACTIVATION_WEIGHT, ChainPlan, Choice, chain_apply, chain_plan, check_mode, choose, tn_cost
 
 __all__ = ["TNLayer", "TNLinear", "compile_structure"]
 
@@ -241,14 +243,20 @@ class TNLayer(nn.Module):
         common = {"bias": bias is not None, "template": template, "forward": forward, "device": weight.device,
                   "dtype": weight.dtype}
         options = dict(options)
-        choice = _auto_shape(where, template, weight, cls.weight_axes(**args), options.pop("shape", None), budget,
-                             tol, modes, options)
+        choice = _auto_shape(where, cls, args, template, weight, bias, options, rank=rank, budget=budget, tol=tol,
+                             modes=modes, init=init)
+        structure = None
         if choice is not None:
             rank, budget, modes = choice.rank, None, choice.options.get("modes")
             options.update({k: v for k, v in choice.options.items() if k != "modes"})
-            if template == "tt":
+            if "clip" in _template_params(get(template)):
                 options["clip"] = True
-        if tol is None:
+            if choice.axes is not None:  # a zero-padded shape: the network is built on the padded axes
+                structure = get(template).build(choice.axes, rank=rank, **{**options, **choice.options})
+        if structure is not None:
+            layer = cls(**args, **common, structure=structure)
+            initialize(layer, weight, init, fit_options)
+        elif tol is None:
             layer = cls(**args, **common, rank=rank, depth=depth, budget=budget, modes=modes, **options)
             initialize(layer, weight, init, fit_options)
         else:
@@ -263,24 +271,82 @@ class TNLayer(nn.Module):
         return layer
 
 
-def _auto_shape(where: str, template: str, weight: torch.Tensor, axes: dict[str, int], shape: Any,
-                budget: float | None, tol: float | None, modes: Any, options: dict[str, Any]) -> Any:
-    """The ``ShapeChoice`` for ``shape="auto"`` (None when ``shape`` is None or a shape is forced)."""
-    if shape is None:
-        return None
-    if shape != "auto":
-        raise AdtnError(f"{where}: shape must be 'auto' or None, got {shape!r}")
-    if modes is not None or options.get("factors") is not None:
-        return None  # modes= / factors= force the shape
+SHAPES = ("auto", "default", None)
+
+
+def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weight: torch.Tensor,
+                bias: torch.Tensor | None, options: dict[str, Any], *, rank: Any, budget: float | None,
+                tol: float | None, modes: Any, init: str) -> Any:
+    """The ``ShapeChoice`` of ``shape="auto"``, or None for the fixed rule; pops ``shape`` and
+    ``calibration`` from ``options``.
+
+    ``shape`` not given means ``"auto"`` when it is safe: ``budget=`` is given, no ``modes=`` /
+    ``factors=`` / ``d=``, the template is searchable and the network is initialised from the
+    weight (``init`` "auto" or "decompose"). ``rank=``, ``tol=`` or ``init="random"`` keep the
+    fixed rule, as do ``shape="default"`` and ``shape=None``. ``calibration``: an input batch of
+    the layer; the search then ranks its finalists by the layer's output error on it (the
+    relative error of ``layer(x)``, bias included, as ``adtn.compress`` reports it).
+    """
     from ..shapes import SEARCHABLE, search
 
+    shape = options.pop("shape", "unset")
+    calibration = options.pop("calibration", None)
+    if shape not in SHAPES + ("unset",):
+        raise AdtnError(f"{where}: shape must be 'auto', 'default' or None, got {shape!r}")
+    forced = modes is not None or options.get("factors") is not None or options.get("d") is not None
+    if shape == "unset":
+        safe = (budget is not None and tol is None and rank is None and not forced and template in SEARCHABLE
+                and init in ("auto", "decompose") and not weight.is_meta)
+        shape = "auto" if safe else None
+    if shape != "auto" or forced:
+        return None  # modes= / factors= / d= force the shape
     if template not in SEARCHABLE:
         raise AdtnError(f"{where}: shape='auto' supports templates {list(SEARCHABLE)}, got {template!r}; "
                         "pass modes= or factors= instead")
     if budget is None or tol is not None:
         raise AdtnError(f"{where}: shape='auto' needs budget= (a fraction of the dense parameters), got "
                         f"budget={budget!r}, tol={tol!r}")
-    return search(template, weight.detach(), axes, budget)
+    b = None if bias is None else bias.detach()
+    if cls.kind == "linear":
+        apply = lambda w, x: F.linear(x, w, b)
+    else:
+        geo = {k: args[k] for k in ("stride", "padding", "dilation")}
+        conv = F.conv1d if weight.dim() == 3 else F.conv2d
+        apply = lambda w, x: conv(x, w, b, **geo)
+    return search(template, weight.detach(), cls.weight_axes(**args), budget, inputs=calibration, apply=apply,
+                  t=options.get("t"))
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` with a rebuilt weight; when that weight is large, on CPU and needs a gradient,
+    the weight's gradient goes to a workspace buffer (``_RebuiltLinear``)."""
+    if (w.requires_grad and torch.is_grad_enabled() and w.device.type == "cpu" and not plain_ops()
+            and w.numel() * w.element_size() >= WORKSPACE.min_bytes and x.dtype == w.dtype and x.numel()):
+        lead = x.shape[:-1]
+        y = _RebuiltLinear.apply(x.reshape(-1, x.shape[-1]), w)
+        y = y.reshape(tuple(lead) + (w.shape[0],))
+        return y if bias is None else y + bias
+    return F.linear(x, w, bias)
+
+
+class _RebuiltLinear(torch.autograd.Function):
+    """``x @ w.T`` whose weight gradient (as large as the weight: 64 MiB at 4096 x 4096) is written
+    to a workspace buffer; it only lives until the rebuild's backward has consumed it, and a
+    fresh one would cost page faults on every step."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        return x @ w.t()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad @ w if ctx.needs_input_grad[0] else None
+        grad_w = torch.mm(grad.t(), x, out=WORKSPACE.out(w.shape, w)) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
 
 
 class TNLinear(TNLayer):
@@ -337,7 +403,12 @@ class TNLinear(TNLayer):
     def from_linear(cls, linear: nn.Linear, template: str = "adtn", *, rank: Any = None, depth: int | None = None,
                     budget: float | None = None, tol: float | None = None, modes: Any = None, init: str = "auto",
                     forward: str = "auto", fit_options: Mapping | None = None, **options: Any) -> TNLinear:
-        """A TNLinear approximating ``linear`` (see ``adtn.encode``); the bias is copied."""
+        """A TNLinear approximating ``linear`` (see ``adtn.encode``); the bias is copied.
+
+        Under ``budget=`` the shape of a searchable template is searched (``shape="auto"``,
+        ``adtn.shapes``) unless ``modes=`` / ``factors=`` / ``d=``, ``init="random"`` or
+        ``shape="default"`` say otherwise; ``calibration=`` (inputs of this layer) ranks the
+        searched shapes by output error."""
         if not isinstance(linear, nn.Linear):
             raise AdtnError(f"TNLinear.from_linear: needs an nn.Linear, got {type(linear).__name__}")
         return cls._encode({"in_features": linear.in_features, "out_features": linear.out_features}, linear.weight,
@@ -354,16 +425,54 @@ class TNLinear(TNLayer):
         dense = self._rebuild_cost(cached) + 2 * batch * o * i + ACTIVATION_WEIGHT * (batch * (o + i) + o * i)
         if self.forward_mode == "dense":
             return choose("dense", dense, 0)
-        return choose(self.forward_mode, dense, tn_cost(self.tn, ("in",), batch))
+        direct = tn_cost(self.tn, ("in",), batch)
+        chain = self._chain(batch)
+        if chain is not None and (direct is None or chain.cost < direct):
+            direct = chain.cost
+        return choose(self.forward_mode, dense, direct)
+
+    def _split_pays(self, batch: int) -> bool:
+        """True when a deep ADTN should run ``apply_split`` (the last operator's one-sided gates on
+        the activations) rather than rebuild the weight: not while the eval cache holds the
+        weight, and only when it streams fewer entries (``DeepTNModule.split_cost``)."""
+        cost = getattr(self.tn, "split_cost", None)
+        if cost is None or self.pads or plain_ops() or self._cached():
+            return False
+        costs = cost(batch)
+        return costs is not None and costs[1] < costs[0]
+
+    def _chain(self, batch: int) -> ChainPlan | None:
+        """The chain executor's plan for this batch size (a TT / MPO network), None when the
+        network is not a chain or the planner's steps are cheaper; cached per batch size."""
+        chains = self.__dict__.setdefault("_chains", {})
+        if batch not in chains:
+            plan = None
+            if getattr(self.tn, "graph", None) is not None and not getattr(self.tn, "_inputs", None):
+                p = self.tn.plan(("in",), batch)
+                plan = chain_plan(p.signature, batch)
+                if plan is not None and plan.cost >= tn_cost(self.tn, ("in",), batch):
+                    plan = None
+            chains[batch] = plan
+        return chains[batch]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ShapeError(f"TNLinear: input of shape {tuple(x.shape)} must end with in_features={self.in_features}")
-        if self.forward_mode == "dense" or self._mode((math.prod(x.shape[:-1]),)).mode == "dense":
-            return F.linear(x, self.dense_weight(), self.bias)
+        batch = math.prod(x.shape[:-1])
+        if self.forward_mode == "dense" or self._mode((batch,)).mode == "dense":
+            if self.forward_mode == "auto" and self._split_pays(batch) and x.dtype == self.tn.dtype:
+                y = self.tn.apply_split(x.reshape(batch, -1), _linear).reshape(tuple(x.shape[:-1]) + (-1,))
+                return y if self.bias is None else y + self.bias
+            return _linear(x, self.dense_weight(), self.bias)
         if "in" in self.pads:
             x = F.pad(x, (0, self.pads["in"][1] - self.in_features))
-        y = self.tn.apply(x, "in")
+        chain = None if plain_ops() or batch == 0 else self._chain(batch)
+        if chain is not None:
+            check_fed_input(x, ("in",), self.tn.graph.axis_sizes, self.tn.dtype, f"graph {self.tn.graph.name!r}")
+            y = chain_apply(chain, self.tn._operands({}), x.reshape(batch, -1))
+            y = y.reshape(tuple(x.shape[:-1]) + (-1,))
+        else:
+            y = self.tn.apply(x, "in")
         if "out" in self.pads:
             y = y[..., : self.out_features]
         return y if self.bias is None else y + self.bias

@@ -1,0 +1,242 @@
+"""The shapes the search tries, per template, each with its rank at the budget and its bonds.
+
+A candidate is a set of build options (``factors=`` for ``kronecker``, ``modes=`` and for
+semi-tensor templates ``t=``), the network's axes (padded where an axis is zero-padded), its
+rank at the budget as ``budget=`` sizes a layer (the largest uniform rank that fits,
+``adtn.api._knob_for_budget``, then single bonds topped up, ``_fill_budget``) and, per bond of
+its network, the unfolding the bond cuts and the bond's rank: the error
+bound is the root of the sum of those unfoldings' squared tails (Oseledets for a chain,
+Grasedyck for an HT tree, whose root's two children cut one unfolding and count once; Van
+Loan's exact error for a Kronecker split).
+
+Enumerated: every split of every axis over its divisors (kronecker), every two-core pairing
+(o_1, o_2) x (i_1, i_2) including the unbalanced ones whose bond is the truncated SVD
+((out, 1), (1, in); tagged ``svd``), balanced modes of 3 .. max(3, d) cores in both orders
+(d: the default number of cores), ``t`` in 2 and 4 for the semi-tensor templates, the
+template's default shape (tagged ``default``) and, for an axis whose size factors badly (a
+prime), the same on its zero-padded size (tagged ``padded``). Candidates with the same bonds
+and parameter count are one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import AdtnError
+from ..graph import TensorGraph
+from ..templates import get
+from ..templates.factor import _divisors, default_modes, factorize, weight_axes
+from .spectra import Key, canonical, kron_key
+
+__all__ = ["Candidate", "enumerate_candidates", "graph_bonds", "options_key", "svd_key"]
+
+RINGS = ("tr", "semi_tr")
+SEMI_T = (2, 4)  # t tried by the semi-tensor templates when the caller gives none
+
+
+@dataclass
+class Candidate:
+    """One shape: build options, the network's axes, rank, parameter count and bonds."""
+
+    options: dict[str, Any]
+    axes: dict[str, int]
+    rank: Any
+    params: int
+    bonds: tuple[tuple[Key, int], ...]
+    tag: str = ""
+    estimate: float = math.inf
+    error: float | None = None
+    output: float | None = None
+
+    def signature(self) -> tuple:
+        """Equal for candidates with the same axes, parameter count and bonds (the same bound)."""
+        return (tuple(self.axes.values()), self.params, tuple(sorted(self.bonds)))
+
+
+def options_key(options: Mapping[str, Any]) -> str:
+    """A comparable text of a shape's options (factors as size tuples, modes as tuples)."""
+    if "factors" in options:
+        a, b = options["factors"]
+        return repr((tuple(dict(a).values()) if isinstance(a, Mapping) else tuple(a),
+                     tuple(dict(b).values()) if isinstance(b, Mapping) else tuple(b)))
+    out, inn = options["modes"]
+    return repr((tuple(out), tuple(inn), options.get("t")))
+
+
+# ---------------------------------------------------------------------- bonds of a network
+def side_key(graph: TensorGraph, side: set[str]) -> Key:
+    """The unfolding whose rows are the open legs of the nodes in ``side``."""
+    runs = []
+    for legs in graph.outputs.values():
+        runs.append(tuple((graph.leg_size(leg), leg.node in side) for leg in legs))
+    return canonical(tuple(runs))
+
+
+def graph_bonds(graph: TensorGraph, ring: bool) -> tuple[tuple[Key, int], ...]:
+    """(unfolding, rank) per bond: for a tree, the two sides of each bond. A ring is read as TR-SVD
+    builds it: the chain left when the closing bond (rank r_0) is cut, its first bond at rank
+    r_0 r_1 (TR-SVD's first split, exact), the others at r_k / r_0 (TR-SVD truncates the rest
+    at r_k with r_0 moved to its columns, which can hold up to r_0 times the rank of the weight's
+    own unfolding): an estimate, not a bound, that errs on the high side."""
+    nodes = graph.nodes_with_role("param")
+    bonds = [b for b in graph.bonds if b.a.node in nodes and b.b.node in nodes]
+    if ring:  # bond k joins nodes k and k + 1, the last one closes the ring
+        closing = bonds[-1].size
+        ranks = [bonds[0].size * closing] + [max(1, b.size // closing) for b in bonds[1:-1]]
+        return tuple((side_key(graph, set(nodes[: k + 1])), r) for k, r in enumerate(ranks))
+    out = []
+    for bond in bonds:
+        nbr: dict[str, set[str]] = {n: set() for n in nodes}
+        for b in bonds:
+            if b is not bond:
+                nbr[b.a.node].add(b.b.node)
+                nbr[b.b.node].add(b.a.node)
+        side, stack = {bond.a.node}, [bond.a.node]
+        while stack:
+            for m in nbr[stack.pop()] - side:
+                side.add(m)
+                stack.append(m)
+        out.append((side_key(graph, side), bond.size))
+    # two bonds that cut the same unfolding (an HT root's children) are projected by the left and
+    # right singular vectors of one matrix: together a truncated SVD at the smaller rank
+    best: dict[Key, int] = {}
+    for key, r in out:
+        best[key] = min(r, best.get(key, r))
+    return tuple(best.items())
+
+
+def svd_key(axes: Mapping[str, int]) -> Key:
+    """The unfolding (out | everything else): a bond cutting it is a truncated SVD."""
+    return canonical(tuple(((n, k == 0),) for k, n in enumerate(axes.values())))
+
+
+# ---------------------------------------------------------------------- enumeration
+def _pad_variants(axes: dict[str, int], dmax: int) -> list[dict[str, int]]:
+    """The axes with out / in zero-padded to a size that factors well, where theirs does not."""
+    from ..api import _balanced
+
+    out, inn, _ = weight_axes(axes, "shape search")
+    choices = []
+    for ax in (out, inn):
+        sizes = {axes[ax]} | {_balanced(axes[ax], d)[0] for d in sorted({2, dmax})}
+        choices.append(sorted(sizes))
+    return [{**axes, out: o, inn: i} for o, i in itertools.product(*choices) if (o, i) != (axes[out], axes[inn])]
+
+
+def _kron(axes: dict[str, int], budget: float, dense: int, tag: str) -> list[Candidate]:
+    names = list(axes)
+    svd = tuple(axes[ax] if k == 0 else 1 for k, ax in enumerate(names))
+    found = []
+    for a in itertools.product(*[_divisors(axes[ax]) for ax in names]):
+        b = tuple(axes[ax] // x for ax, x in zip(names, a))
+        pa, pb = math.prod(a), math.prod(b)
+        rank = min(int(budget * dense // (pa + pb)), pa, pb)
+        if rank < 1:
+            continue
+        kind = tag or ("svd" if a == svd else "")
+        found.append(Candidate({"factors": (dict(zip(names, a)), dict(zip(names, b)))}, dict(axes), rank,
+                               rank * (pa + pb), ((kron_key(a, b), rank),), kind))
+    return found
+
+
+def _mode_sets(axes: dict[str, int], dmax: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    out, inn, spatial = weight_axes(axes, "shape search")
+    o, i = axes[out], axes[inn]
+    sets = [((o,), (i,))] if spatial else []
+    for mo in _divisors(o):
+        for mi in _divisors(i):
+            modes = ((mo, o // mo), (mi, i // mi))
+            if all(a * b > 1 for a, b in zip(*modes)):
+                sets.append(modes)
+    for d in range(3, dmax + 1):
+        bo, bi = factorize(o, d), factorize(i, d)
+        sets += [(x, y) for x in (bo, bo[::-1]) for y in (bi, bi[::-1])]
+    return list(dict.fromkeys(sets))
+
+
+def _chain(template: str, axes: dict[str, int], modes: Any, extra: dict, rank: Any, budget: float | None,
+           dense: int, tag: str) -> Candidate | None:
+    """A chain / tree candidate at ``rank`` (or at the largest uniform rank within ``budget``)."""
+    from ..api import _fill_budget, _knob_for_budget
+
+    t = get(template)
+    kwargs = {"modes": modes, "clip": True, **extra}
+    try:
+        if rank is None:  # as budget= sizes a layer: the largest uniform rank, then bonds topped up
+            rank = _knob_for_budget("shape search", t, axes, "rank", kwargs, budget, dense)
+            rank = _fill_budget(t, axes, {**kwargs, "rank": rank}, budget * dense)
+        graph = t.build(axes, rank=rank, **kwargs)
+        params = t.formula(axes, rank=rank, **kwargs)
+    except AdtnError:
+        return None
+    bonds = graph_bonds(graph, template in RINGS)
+    svd = any(key == svd_key(axes) for key, _ in bonds)
+    return Candidate({"modes": tuple(map(tuple, modes)), **extra}, dict(axes), rank, params, bonds,
+                     tag or ("svd" if svd else ""))
+
+
+def _chains(template: str, axes: dict[str, int], budget: float, dense: int, dmax: int, ts: tuple[int, ...],
+            tag: str) -> list[Candidate]:
+    found = []
+    for modes in _mode_sets(axes, dmax):
+        for t in ts:
+            c = _chain(template, axes, modes, {"t": t} if t else {}, None, budget, dense, tag)
+            if c is not None:
+                found.append(c)
+    return found
+
+
+def _default(template: str, axes: dict[str, int], budget: float, extra: dict) -> Candidate | None:
+    """The fixed rule ``budget=`` alone gives (balanced modes, padded where they would be lopsided)."""
+    from ..api import resolve
+
+    kind = "conv" if len(axes) > 2 else "linear"
+    try:
+        with warnings.catch_warnings():  # a budget the fixed rule fills badly is the search's business
+            warnings.simplefilter("ignore")
+            spec = resolve("shape search", template, axes, kind, budget=budget, options=dict(extra))
+    except AdtnError:
+        return None
+    kw = dict(spec.kwargs)
+    dense = math.prod(axes.values())
+    if template == "kronecker":
+        from ..templates.kronecker import default_factors
+
+        fa, fb = kw.get("factors") or default_factors(axes)
+        fa, fb = dict(zip(axes, dict(fa).values())), dict(zip(axes, dict(fb).values()))
+        a, b = tuple(fa.values()), tuple(fb.values())
+        rank = kw["rank"]
+        return Candidate({"factors": (fa, fb)}, dict(axes), rank, rank * (math.prod(a) + math.prod(b)),
+                         ((kron_key(a, b), rank),), "default")
+    opts = {k: v for k, v in kw.items() if k in ("t",)}
+    return _chain(template, dict(spec.axes), kw["modes"], opts, kw["rank"], None, dense, "default")
+
+
+def enumerate_candidates(template: str, axes: Mapping[str, int], budget: float, t: int | None = None,
+                         pad: bool = True) -> list[Candidate]:
+    """Every candidate shape of ``template`` for a weight of ``axes`` at ``budget`` (a fraction of
+    the unpadded dense count); the default first, then the SVD-like ones, duplicates dropped."""
+    axes = dict(axes)
+    dense = math.prod(axes.values())
+    out = weight_axes(axes, "shape search")[0]
+    dmax = max(3, len(default_modes(axes)[out]))
+    semi = template.startswith("semi_")
+    ts = (t,) if t is not None else SEMI_T if semi else (None,)
+    default = _default(template, axes, budget, {"t": t} if semi and t is not None else {})
+    found = [default] if default is not None else []
+    variants = [(axes, "")] + ([(v, "padded") for v in _pad_variants(axes, dmax)] if pad else [])
+    for ax, tag in variants:
+        if template == "kronecker":
+            found += _kron(ax, budget, dense, tag)
+        else:
+            found += _chains(template, ax, budget, dense, dmax, ts, tag)
+    found.sort(key=lambda c: c.tag not in ("default", "svd"))  # stable: those two survive deduplication
+    unique: dict[tuple, Candidate] = {}
+    for c in found:
+        unique.setdefault(c.signature(), c)
+    return list(unique.values())

@@ -1,0 +1,239 @@
+"""``search``: the shape and rank with the lowest error at a budget, and the ``ShapeChoice`` it returns."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import AdtnError, RankError, TemplateError
+from ..templates import get
+from .candidates import Candidate, enumerate_candidates, options_key
+from .spectra import Unfoldings, single_thread
+
+__all__ = ["SEARCHABLE", "ShapeChoice", "search"]
+
+SEARCHABLE = ("kronecker", "tt", "tr", "ht", "semi_tt", "semi_tr")
+REFINE_NUMEL = 2**18  # finalists are decomposed for real up to this many weight entries
+SERIAL_NUMEL = 2**20  # the whole search runs on one thread up to this many (see spectra.single_thread)
+Apply = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ShapeChoice:
+    """The shape ``search`` chose: build options, rank, errors and the runners-up.
+
+    ``error`` is the relative Frobenius error of the weight (measured by decomposing when
+    ``measured``, else the singular-value bound); ``output_error`` the relative error of the
+    layer's output on the calibration inputs (when given and measured), and ``criterion`` the
+    one that ranked the candidates. ``runners_up`` holds (options, error in that criterion) of
+    the next best shapes; ``default_error`` the same for the template's default shape (None
+    when it does not fit the budget). ``axes`` are the network's axes when the choice pads an
+    axis (else None)."""
+
+    template: str
+    options: dict[str, Any]
+    rank: Any
+    error: float
+    params: int
+    measured: bool
+    runners_up: tuple[tuple[dict[str, Any], float], ...] = ()
+    default_error: float | None = None
+    candidates: int = 0
+    seconds: float = 0.0
+    axes: dict[str, int] | None = None
+    output_error: float | None = None
+    criterion: str = "weight"
+
+    def summary(self) -> str:
+        """One line for ``extra_repr`` and reports: the shape, its error, the best runner-up's and
+        the default shape's."""
+        pad = "" if self.axes is None else " padded " + "x".join(map(str, self.axes.values()))
+        crit = "out err" if self.criterion == "output" else "err"
+        mine = self.output_error if self.criterion == "output" else self.error
+        text = f"{_fmt(self.options)}{pad} rank={self.rank} {crit}={mine:.4f}"
+        if self.runners_up:
+            opts, err = self.runners_up[0]
+            text += f"; next {_fmt(opts)} {crit}={err:.4f}"
+        if self.default_error is not None:
+            text += f"; default {crit}={self.default_error:.4f}"
+        return text + f"; {self.candidates} candidates"
+
+
+def _fmt(options: Mapping[str, Any]) -> str:
+    if "factors" in options:
+        a, b = options["factors"]
+        return f"factors={tuple(dict(a).values())}x{tuple(dict(b).values())}"
+    out, inn = options["modes"]
+    t = f" t={options['t']}" if options.get("t") else ""
+    return f"modes={tuple(out)},{tuple(inn)}{t}"
+
+
+# ---------------------------------------------------------------------- errors of one candidate
+def _estimate(unf: Unfoldings, c: Candidate, level: str) -> float:
+    """The root of the bonds' squared tails over the squared norm (it can pass 1 on a chain or
+    tree with many bonds, whose SVD-based decomposition, a chain of orthogonal projections, has
+    an error of at most 1: ``ShapeChoice`` reports min(bound, 1))."""
+    return math.sqrt(sum(unf.tail2(key, r, level) for key, r in c.bonds) / unf.norm2)
+
+
+def _approximation(template: str, dense: Tensor, c: Candidate) -> Tensor:
+    """The weight the template's initialiser gives for this candidate (cropped to ``dense``)."""
+    from ..api import _template_params
+    from ..templates.init_common import contract
+
+    padded = dense
+    if tuple(c.axes.values()) != tuple(dense.shape):
+        padded = dense.new_zeros(tuple(c.axes.values()))
+        padded[tuple(slice(0, n) for n in dense.shape)] = dense
+    opts = dict(c.options) | ({"clip": True} if "clip" in _template_params(get(template)) else {})
+    graph, tensors = get(template).init(padded, c.axes, rank=c.rank, **opts)
+    return contract(graph, tensors)[tuple(slice(0, n) for n in dense.shape)]
+
+
+def _apply_for(dense: Tensor, apply: Apply | None) -> Apply:
+    if apply is not None:
+        return apply
+    if dense.dim() != 2:
+        raise AdtnError("shape search: inputs= for a conv kernel needs apply=(weight, x) -> output")
+    return lambda w, x: F.linear(x, w)
+
+
+# ---------------------------------------------------------------------- the search
+def search(
+    template: str,
+    dense: Tensor,
+    axes: Mapping[str, int],
+    budget: float,
+    *,
+    inputs: Tensor | None = None,
+    apply: Apply | None = None,
+    t: int | None = None,
+    candidates: Sequence[Mapping[str, Any]] | None = None,
+    refine: int = 3,
+    pad: bool = True,
+) -> ShapeChoice:
+    """The shape (``factors=`` / ``modes=``, for semi-tensor templates also ``t=``) and rank with
+    the lowest error at ``budget``.
+
+    Every candidate (``adtn.shapes.candidates``) gets a bound from singular values: exact where
+    the unfolding is cheap, else a copy-free sketch. The ``refine`` best, the default shape and
+    the SVD-like ones get a randomized bound that is tight up to a few percent and, when the
+    weight has at most 2**18 entries, are decomposed for real; the lowest measured error wins
+    (or the lowest output error on ``inputs`` when given), so ``auto`` is never worse than the
+    default shape or, where the format has one, the truncated SVD at the same budget.
+
+    Args:
+        template: one of ``SEARCHABLE``.
+        dense: the weight, shaped like ``axes`` (out, in[, kh, kw]).
+        axes: the weight's axes, name -> size.
+        budget: a fraction of the dense parameter count.
+        inputs: calibration inputs of the layer: the finalists are ranked by the relative error
+            of ``apply(weight, inputs)`` (weights with at most 2**18 entries).
+        apply: ``(weight, x) -> output`` of the layer (default ``F.linear`` without bias).
+        t: the semi-tensor factor (semi templates); None tries 2 and 4.
+        candidates: restrict the search to these build options.
+        refine: how many of the best bounds become finalists besides the default and SVD-like
+            (at most 1 on weights too big to decompose here).
+        pad: also try zero-padded sizes for badly factorable axes.
+    """
+    with single_thread(dense.numel() <= SERIAL_NUMEL):
+        return _search(template, dense, axes, budget, inputs, apply, t, candidates, refine, pad)
+
+
+def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine, pad) -> ShapeChoice:
+    start = time.perf_counter()
+    if template not in SEARCHABLE:
+        raise TemplateError(f"shape search: template {template!r} is not searchable; valid: {list(SEARCHABLE)}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+        raise RankError(f"shape search: budget is a fraction of the dense parameters, > 0, got {budget!r}")
+    axes = dict(axes)
+    if tuple(dense.shape) != tuple(axes.values()):
+        raise AdtnError(f"shape search: weight of shape {tuple(dense.shape)} does not match axes {axes}")
+    dense = dense.detach()
+    if dense.dtype not in (torch.float32, torch.float64):
+        dense = dense.float()
+    cands = enumerate_candidates(template, axes, float(budget), t, pad)
+    if candidates is not None:
+        keys = {options_key(c) for c in candidates}
+        cands = [c for c in cands if options_key(c.options) in keys]
+    if not cands:
+        raise RankError(f"shape search: no {template!r} shape fits budget {budget} of {dense.numel():,} parameters")
+    unfoldings: dict[tuple, Unfoldings] = {}
+
+    def unf(c: Candidate) -> Unfoldings:
+        shape = tuple(c.axes.values())
+        if shape not in unfoldings:
+            padded = dense
+            if shape != tuple(dense.shape):
+                padded = dense.new_zeros(shape)
+                padded[tuple(slice(0, n) for n in dense.shape)] = dense
+            unfoldings[shape] = Unfoldings(padded)
+        return unfoldings[shape]
+
+    _screen(cands, unf)
+    cands.sort(key=lambda c: c.estimate)
+    measured = dense.numel() <= REFINE_NUMEL and get(template).init is not None
+    must = [c for c in cands if c.tag in ("default", "svd")]
+    finalists = list({id(c): c for c in cands[: refine if measured else min(refine, 1)] + must}.values())
+    for c in finalists:
+        c.estimate = _estimate(unf(c), c, "sketch")
+    criterion = "weight"
+    if measured:
+        run = _apply_for(dense, apply) if inputs is not None else None
+        ref = None if run is None else run(dense, inputs)
+        for c in finalists:
+            approx = _approximation(template, dense, c)
+            c.error = float(torch.linalg.vector_norm(approx - dense) / math.sqrt(unf(c).norm2))
+            if run is not None:
+                diff = torch.linalg.vector_norm(run(approx, inputs) - ref)
+                c.output = float(diff / torch.linalg.vector_norm(ref).clamp_min(1e-30))
+        criterion = "output" if inputs is not None else "weight"
+    return _choice(template, cands, finalists, criterion, measured, time.perf_counter() - start, axes)
+
+
+def _screen(cands: list[Candidate], unf: Callable[[Candidate], Unfoldings]) -> None:
+    """Every candidate's cheap bound; unfoldings are visited in the order that lets sketches
+    share their first pass over the weight."""
+    work = {}
+    for c in cands:
+        u = unf(c)
+        for key, r in c.bonds:
+            if not u.exact_ok(key) and r < min(u.sides(key)):
+                work[(id(u), key)] = (u, key)
+    for u, key in sorted(work.values(), key=lambda uk: (id(uk[0]), uk[0].first_signature(uk[1]))):
+        u.screen(key)
+    for c in cands:
+        c.estimate = _estimate(unf(c), c, "screen")
+
+
+def _choice(template: str, cands: list[Candidate], finalists: list[Candidate], criterion: str, measured: bool,
+            seconds: float, axes: dict[str, int]) -> ShapeChoice:
+    def score(c: Candidate) -> float:
+        if criterion == "output" and c.output is not None:
+            return c.output
+        return c.error if c.error is not None else c.estimate
+
+    def shown(c: Candidate) -> float:
+        return score(c) if c.error is not None or c.output is not None else min(c.estimate, 1.0)
+
+    finals = sorted(finalists, key=score)
+    rest = sorted((c for c in cands if c not in finalists), key=score)
+    ranked = finals + ([] if criterion == "output" else rest)
+    best = ranked[0]
+    default = next((c for c in finalists if c.tag == "default"), None)
+
+    def described(c: Candidate) -> dict[str, Any]:
+        return dict(c.options) | ({"axes": dict(c.axes)} if c.axes != axes else {})
+
+    return ShapeChoice(template, dict(best.options), best.rank,
+                       best.error if best.error is not None else min(best.estimate, 1.0),
+                       best.params, best.error is not None, tuple((described(c), shown(c)) for c in ranked[1:6]),
+                       None if default is None else shown(default), len(cands), seconds,
+                       None if best.axes == axes else dict(best.axes), best.output, criterion)
