@@ -101,7 +101,7 @@ def fc1_runs(split: Split, budgets: tuple[float, ...], dense_epochs: int, epochs
         for run in runs:
             start = time.perf_counter()
             model = copy.deepcopy(dense)
-            model.fc1 = adtn.encode(dense.fc1, run.name, budget=run.budget, init="auto")
+            model.fc1 = adtn.encode(dense.fc1, run.name, budget=run.budget, init="auto", shape="default")
             run.options, run.params = _options(model.fc1.template_options), model.fc1.num_tn_params
             run.error = rel_error(model.fc1, dense.fc1.weight)
             before, after = _tune(model, split, seed, epochs)
@@ -186,7 +186,7 @@ def layer_errors(dense: nn.Module, x: torch.Tensor) -> list[str]:
         ref = layer(inputs[name])
         cells, errs = [], {}
         for t in ("tt", "ht"):
-            tn = adtn.encode(layer, t, budget=LAYER_BUDGET, init="auto").eval()
+            tn = adtn.encode(layer, t, budget=LAYER_BUDGET, init="auto", shape="default").eval()
             out_err = float((tn(inputs[name]) - ref).norm() / ref.norm())
             errs[t] = out_err
             cells.append(f"{tn.num_tn_params:,}, {rel_error(tn, layer.weight):.3f}, {out_err:.3f}")
@@ -283,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
          f"models {dense_epochs} epochs (Adam, cosine, lr 2e-3, batch 128); fine-tuning Adam, cosine, lr {LR:g}. "
          "Every TN is initialised from the trained weight (TT-SVD, hierarchical SVD)."),
         "",
-        (f"**(a) FC-2's fc1 (784 -> 256) as TT and as HT at equal budget** (`adtn.encode(fc1, t, budget=b)`: the "
-         f"largest rank within b of the 200,704 weights, topped up per bond), whole model fine-tuned {fc_epochs} "
+        (f"**(a) FC-2's fc1 (784 -> 256) as TT and as HT at equal budget** (`adtn.encode(fc1, t, budget=b, "
+         "shape=\"default\")`: the paper's balanced modes, largest rank within b of the 200,704 weights, "
+         f"topped up per bond), whole model fine-tuned {fc_epochs} "
          "epochs with cross-entropy."),
         "",
         *a,

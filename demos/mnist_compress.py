@@ -234,7 +234,8 @@ def _sweep(dense: nn.Module, loaders: tuple, s: Settings) -> list[dict[str, Any]
     """FC-2's fc1 alone compressed per template and size, each fine-tuned ``sweep_epochs``."""
     points = []
     base = dense.fc1.weight.numel()
-    runs = [(t, {"budget": b, "init": "auto"}, s.finetune_lr) for t in s.sweep_templates for b in s.sweep_budgets]
+    fixed = {"init": "auto", "shape": "default"}  # each template in its textbook shape
+    runs = [(t, {"budget": b, **fixed}, s.finetune_lr) for t in s.sweep_templates for b in s.sweep_budgets]
     runs += [("adtn", {"depth": d, "init": "random"}, s.adtn_lr) for d in s.sweep_depths]
     for template, options, lr in runs:
         start = time.perf_counter()
