@@ -345,7 +345,12 @@ def encode(
             ``"decompose"`` (the initialiser, or an error), ``"fit"``, or ``"random"``.
         forward: ``"auto"`` (cheaper of rebuild and streaming, per input shape), ``"dense"``, ``"direct"``.
         fit_options: keyword arguments of ``adtn.fit`` when fitting runs.
-        **options: further template options.
+        **options: further template options, and two layer options: ``shape`` (``"auto"``:
+            search the factorization (modes, Kronecker split, t) with the lowest error; the
+            default under ``budget=`` for tt, tr, ht, kronecker, semi_tt and semi_tr when no
+            ``modes=`` / ``factors=`` / ``d=`` is given; ``"default"`` keeps the fixed rule) and
+            ``calibration`` (a batch of this layer's inputs: the search ranks shapes by output
+            error on it instead of weight error).
 
     Returns:
         A ``TNLinear``, ``TNConv1d`` or ``TNConv2d`` on the layer's device and dtype.
