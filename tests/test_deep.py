@@ -376,3 +376,103 @@ def test_bad_options():
         build({"out": 2, "in": 1})
     with pytest.raises(TemplateError, match="unknown layout"):
         adtn_params(axes, layout="ring")
+
+
+# ---------------------------------------------------------------------- the last operator split (apply_split)
+@pytest.mark.parametrize("axes", [{"out": 16, "in": 32}, {"out": 64, "in": 64}, {"out": 2, "in": 128}])
+@pytest.mark.parametrize("layout,order", LAYOUTS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_apply_split_matches_dense(axes, layout, order, activation):
+    for depth in (2, 3):
+        deep = build(axes, depth=depth, layout=layout, column_order=order, activation=activation,
+                     negative_slope=0.2)
+        module = DeepTNModule(deep, dtype=torch.float64, window=3 + depth, seed=depth)
+        assert module._split()[3] == int(math.log2(axes["out"]))
+        x = torch.randn(5, axes["in"], dtype=torch.float64)
+        torch.testing.assert_close(module.apply_split(x), x @ module.dense().T, rtol=1e-10, atol=1e-10)
+
+
+def test_split_keeps_only_the_gates_near_the_boundary_on_the_state():
+    module = DeepTNModule(build({"out": 64, "in": 64}, depth=2), dtype=torch.float64)
+    mid, _, _, q_out = module._split()
+    assert q_out == 6
+    # brick wall: the crossing gate (5, 6) and the first-column gates it follows, (4, 5) and (6, 7)
+    assert sorted(a for _, _, gates in mid for _, a in gates) == [4, 5, 6]
+    full, split = module.split_cost(8)
+    assert split < full
+    staircase = DeepTNModule(build({"out": 64, "in": 64}, depth=2, layout="staircase"), dtype=torch.float64)
+    mid = staircase._split()[0]
+    assert sorted(a for _, _, gates in mid for _, a in gates) == list(range(6))  # every gate before (5, 6)
+
+
+def test_split_does_not_apply_to_depth_one_padded_or_planner():
+    assert DeepTNModule(build({"out": 16, "in": 32}), dtype=torch.float64)._split() is None
+    assert DeepTNModule(build({"out": 5, "in": 7}, depth=2), dtype=torch.float64)._split() is None
+    assert DeepTNModule(build({"out": 16, "in": 32}, depth=2), dtype=torch.float64,
+                        executor="planner")._split() is None
+
+
+def _linear_layer(depth: int, dtype=torch.float64, **options):
+    from adtn.layers import TNLinear
+
+    return TNLinear(32, 16, template="adtn", depth=depth, dtype=dtype, **options)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_deep_linear_runs_the_split_and_matches_f_linear(dtype):
+    layer = _linear_layer(2, dtype)
+    x = torch.randn(2, 4, 32, dtype=dtype, requires_grad=True)
+    assert layer._split_pays(8) and not layer._split_pays(12)  # the one-sided gates' passes grow with the batch
+    y, ref = layer(x), F.linear(x, layer.weight, layer.bias)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
+    torch.testing.assert_close(y, ref, rtol=tol, atol=tol * float(ref.detach().abs().max()))
+    g = torch.randn_like(y)
+    params = [x, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b, rtol=tol * 10, atol=tol * 10 * float(b.abs().max()))
+    layer.eval()
+    with torch.no_grad():
+        assert not layer._split_pays(8)  # inference rebuilds the weight once and reuses it
+        torch.testing.assert_close(layer(x), ref.detach(), rtol=tol, atol=tol * float(ref.detach().abs().max()))
+        assert layer._cached()
+
+
+def test_gradcheck_deep_linear_split():
+    from adtn.layers import TNLinear
+
+    deep = build({"out": 8, "in": 16}, depth=2, activation="leaky_relu", negative_slope=0.1)
+    seed = next(s for s in range(50) if _away_from_kinks(DeepTNModule(deep, dtype=torch.float64, seed=s)))
+    layer = TNLinear(16, 8, structure=deep, dtype=torch.float64)
+    layer.tn.load_state_dict(DeepTNModule(deep, dtype=torch.float64, seed=seed).state_dict())
+    x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    assert layer._split_pays(3)
+    keys, values = zip(*[(k, p.detach().clone().requires_grad_(True)) for k, p in layer.named_parameters()])
+    assert torch.autograd.gradcheck(lambda x, *p: functional_call(layer, dict(zip(keys, p)), (x,)), (x, *values))
+
+
+def test_pooled_states_match_the_planner(monkeypatch):
+    from adtn.plan import WORKSPACE
+
+    monkeypatch.setattr(WORKSPACE, "min_bytes", 0)  # every state and gradient from the pool
+    deep = build({"out": 32, "in": 64}, depth=3, activation="leaky_relu")
+    planner = DeepTNModule(deep, dtype=torch.float64, executor="planner", seed=5)
+    fused = DeepTNModule(deep, dtype=torch.float64, seed=5)
+    targets = [torch.randn(32, 64, dtype=torch.float64) for _ in range(2)]
+    for module in (planner, fused):
+        w1, w2 = module.dense(), module.dense()  # two decodes alive at once: no buffer is shared
+        ((w1 * targets[0]).sum() + (w2 ** 2 * targets[1]).sum()).backward()
+    for name, gate in planner.gates.items():
+        torch.testing.assert_close(fused.gates[name].grad, gate.grad, rtol=1e-9, atol=1e-12)
+    x = torch.randn(4, 64, dtype=torch.float64)
+    for _ in range(2):  # the second pass reuses the first one's released buffers
+        torch.testing.assert_close(fused.apply_split(x), x @ planner.dense().T, rtol=1e-10, atol=1e-10)
+
+
+def test_torch_func_grad_through_a_deep_layer():
+    layer = _linear_layer(2)
+    x = torch.randn(3, 32, dtype=torch.float64)
+    params = {k: p.detach() for k, p in layer.named_parameters()}
+    grads = torch.func.grad(lambda p: functional_call(layer, p, (x,)).pow(2).sum())(params)
+    layer(x).pow(2).sum().backward()
+    for k, p in layer.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad)

@@ -24,9 +24,9 @@ rebuilding the kernel (METHODS.md sections 4 and 5), each exact and checked agai
   f = f1 * F2 + f2. Exact when A and B are not both wider than 1 in the same spatial dim.
 
 On CPU the fast forms run channels-last inside (oneDNN's small and depthwise convs are
-1.2-3x faster so) and hand back the input's layout; a 1x1 conv over all channels reads a
-default-layout batch (or writes the default-layout result) as one batched product with a
-transposed operand (``pointwise_in`` / ``pointwise_out``), so no layout copy is made.
+1.2-3x faster so) and hand back the input's layout; a first 1x1 conv over all channels reads
+a default-layout batch as one batched product with a transposed operand (``pointwise_in``),
+so the input is not copied into channels-last first.
 Under ``torch.compile`` or a ``torch.func`` transform every form runs plain torch ops.
 
 All conv helpers work in 2-D; a 1-D conv is a 2-D one of height 1.
@@ -489,10 +489,9 @@ def pointwise_in(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def pointwise_out(z: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, nchw: bool) -> torch.Tensor:
-    """The 1x1 conv with weight ``u`` (O, R) (+ bias) on a channels-last ``z``; ``nchw``: return torch's
-    default layout, written directly by one batched product (``_PointwiseFromCL``)."""
-    if nchw and z.device.type == "cpu" and z.is_contiguous(memory_format=torch.channels_last):
-        return _PointwiseFromCL.apply(z, u, bias)
+    """The 1x1 conv with weight ``u`` (O, R) (+ bias) on a channels-last ``z``, in torch's default
+    layout when ``nchw``. (oneDNN's conv then one layout copy beats a batched product written
+    straight into the default layout, whose backward needs products with a transposed operand.)"""
     return _from_inner(F.conv2d(z, u[:, :, None, None], bias), nchw)
 
 
@@ -521,39 +520,6 @@ class _PointwiseToCL(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             gu = torch.bmm(x3, g3).sum(0)
         return gx, gu
-
-
-class _PointwiseFromCL(torch.autograd.Function):
-    """z (N, R, H, W) channels-last, u (O, R), bias (O,) or None -> the 1x1 conv in (N, O, H, W)
-    contiguous: per sample (O, R) @ (R, HW) with a transposed operand, bias added by the product."""
-
-    @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        n, r, h, w = z.shape
-        z3 = z.permute(0, 2, 3, 1).reshape(n, h * w, r)
-        ctx.save_for_backward(z3, u)
-        ctx.hw, ctx.has_bias = (h, w), bias is not None
-        um = u.expand(n, *u.shape)
-        if bias is None:
-            y = torch.bmm(um, z3.transpose(1, 2))
-        else:
-            y = torch.baddbmm(bias[None, :, None].expand(n, u.shape[0], h * w), um, z3.transpose(1, 2))
-        return y.view(n, -1, h, w)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        z3, u = ctx.saved_tensors
-        n, hw, r = z3.shape
-        g3 = grad.contiguous().view(n, -1, hw)  # bmm copies strided (e.g. expanded) batches one by one
-        gz = gu = gb = None
-        if ctx.needs_input_grad[0]:
-            gz = torch.bmm(g3.transpose(1, 2), u.expand(n, *u.shape)).view(n, *ctx.hw, r).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[1]:
-            gu = torch.bmm(g3, z3).sum(0)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g3.sum((0, 2))
-        return gz, gu, gb
 
 
 # ---------------------------------------------------------------------- Tucker(-2)
@@ -674,7 +640,7 @@ def kronecker_conv(
     The factor run first sees the input with the other factor's input channels folded into
     the batch, all R terms stacked as output channels; the second conv takes (r, c) as its
     input channels, so it also sums the R terms. Output channel f = f1 * F2 + f2. On CPU the
-    convs run channels-last (a 1x1 one over all channels via ``pointwise_in`` / ``pointwise_out``)
+    convs run channels-last (a first 1x1 one over all channels via ``pointwise_in``)
     and the result comes back in the input's layout.
     """
     if not kronecker_exact(a.shape[1:], b.shape[1:]):

@@ -433,10 +433,11 @@ class TNLinear(TNLayer):
 
     def _split_pays(self, batch: int) -> bool:
         """True when a deep ADTN should run ``apply_split`` (the last operator's one-sided gates on
-        the activations) rather than rebuild the weight: not while the eval cache holds the
-        weight, and only when it streams fewer entries (``DeepTNModule.split_cost``)."""
+        the activations) rather than rebuild the weight: never when the eval cache may hold the
+        weight (it is rebuilt once, then reused), and only when it streams fewer entries
+        (``DeepTNModule.split_cost``)."""
         cost = getattr(self.tn, "split_cost", None)
-        if cost is None or self.pads or plain_ops() or self._cached():
+        if cost is None or self.pads or plain_ops() or self._cache_ok():
             return False
         costs = cost(batch)
         return costs is not None and costs[1] < costs[0]
