@@ -19,21 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdtnError, ShapeError
-from .forward import (
-    MEMORY_WEIGHT,
-    Choice,
+from .conv_forms import (
     ConvGeometry,
-    choose,
     cp_conv,
     cp_cost,
     kronecker_conv,
     kronecker_cost,
     kronecker_exact,
-    tn_cost,
     tucker_conv,
     tucker_cost,
     unfold_input,
 )
+from .forward import MEMORY_WEIGHT, Choice, choose, tn_cost
 from .linear import TNLayer
 
 __all__ = ["TNConv1d", "TNConv2d"]

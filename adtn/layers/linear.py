@@ -27,7 +27,8 @@ from ..module import check_fed_input
 from ..module import compile as compile_graph
 from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
-from .forward import ACTIVATION_WEIGHT, ChainPlan, Choice, chain_apply, chain_plan, check_mode, choose, tn_cost
+from .chain import ChainPlan, chain_apply, chain_plan
+from .forward import ACTIVATION_WEIGHT, Choice, check_mode, choose, tn_cost
 
 __all__ = ["TNLayer", "TNLinear", "compile_structure"]
 
