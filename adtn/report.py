@@ -261,7 +261,7 @@ def _dense_flops(m: nn.Module, shape: Sequence[int]) -> int:
 
 
 def _fast_flops(m: nn.Module, form: str, n: int, h: int, w: int) -> int:
-    """FLOPs of a TN conv's fast form (``forward.py``'s costs without the memory terms)."""
+    """FLOPs of a TN conv's fast form (``conv_forms.py``'s costs without the memory terms)."""
     from .layers.conv_forms import _kron_order
 
     geo = m._geo

@@ -6,10 +6,13 @@
     ADTN from random gates (depth 1, 2, 3 with ReLU; depth 3 with ``activation=None``, the
     linear ablation) and fine-tune the whole model; report test accuracy, fc1's parameters
     and its compression 784*256 / params beside the numbers measured with a naive ADTN.
+    Then the recipes that aim at the goal "fc1 at >= 100x within 1 point of dense": the same
+    training distilled from the dense FC-2 (T = 4, alpha = 0.9), at depth 3 and at depth 7
+    (1,796 gate parameters, 112x), each over three seeds (mean ± std), since one seed misleads.
 
-    python benchmarks/repro_adtn.py                 # about 1 minute on 2 idle CPU cores (7 when shared)
-    python benchmarks/repro_adtn.py --full          # 60 epochs, three seeds, mean ± std
-    python benchmarks/repro_adtn.py --out docs/results.md
+    python benchmarks/repro_adtn.py                 # about 6 minutes on 2 idle CPU cores
+    python benchmarks/repro_adtn.py --full          # 60 epochs, three seeds for every row
+    python benchmarks/repro_adtn.py --out docs/results.md --threads 2
 
 The table is printed and written as the section ``## ADTN`` of ``--out`` (other sections kept).
 """
@@ -36,6 +39,9 @@ HEADING = "## ADTN (METHODS.md section 1)"
 VGG_LAYERS = (("512 -> 4096", {"out": 4096, "in": 512}, 200), ("4096 -> 4096", {"out": 4096, "in": 4096}, 224))
 # (depth, activation, paper/METHODS accuracy, METHODS's naive gate-parameter count)
 VARIANTS = ((1, "relu", 0.705, 272), (2, "relu", 0.866, 544), (3, "relu", 0.905, 816), (3, None, 0.872, 816))
+# recipes aimed at the goal, each over GOAL_SEEDS: (depth, activation, distil from the dense model)
+RECIPES = ((3, "relu", True), (7, "relu", True))
+GOAL_SEEDS = (0, 1, 2)
 DENSE_PAPER = 0.944
 FC1 = 784 * 256
 
@@ -75,28 +81,34 @@ def fc2_runs(dense_epochs: int, epochs: int, seeds: tuple[int, ...], lr: float) 
         (f"| dense 784x256 | {dense_epochs} | {dense_acc:.3f} | {DENSE_PAPER:.3f} | {dense_acc - DENSE_PAPER:+.3f} "
         f"| {FC1:,} | 1x | |"),
     ]
-    for depth, act, ref, naive in VARIANTS:
+    runs = [(d, a, False, f"{ref:.3f} ({naive} params)", ref, seeds) for d, a, ref, naive in VARIANTS]
+    runs += [(d, a, distil, "", None, GOAL_SEEDS) for d, a, distil in RECIPES]
+    for depth, act, distil, paper, ref, run_seeds in runs:
         accs, start = [], time.perf_counter()
-        for seed in seeds:
+        for seed in run_seeds:
             model = copy.deepcopy(dense)
             torch.manual_seed(seed + 1)
             model.fc1 = adtn.encode(model.fc1, "adtn", depth=depth, init="random", activation=act)
             torch.manual_seed(seed)
-            accs.append(adtn.finetune(model, *loaders, epochs=epochs, lr=lr, progress=False)[-1]["val_acc"])
+            teacher = dense if distil else None
+            history = adtn.finetune(model, *loaders, epochs=epochs, lr=lr, teacher=teacher, progress=False)
+            accs.append(history[-1]["val_acc"])
         n = gate_params(model.fc1)
         acc = statistics.mean(accs)
         spread = f" ± {statistics.stdev(accs):.3f}" if len(accs) > 1 else ""
-        name = f"ADTN depth {depth}, {act or 'linear (no activation)'}"
+        name = f"ADTN depth {depth}, {act or 'linear (no activation)'}{', distilled' if distil else ''}"
+        if len(run_seeds) != len(seeds):
+            name += f" ({len(run_seeds)} seeds: {', '.join(f'{a:.3f}' for a in accs)})"
         sec = time.perf_counter() - start
-        print(f"{name}: {acc:.3f}{spread} (ref {ref:.3f}), {n} params, {FC1 / n:.0f}x, {sec:.0f} s", flush=True)
-        lines.append(f"| {name} | {epochs} | {acc:.3f}{spread} | {ref:.3f} ({naive} params) | {acc - ref:+.3f} "
-                     f"| {n} | {FC1 / n:,.0f}x | {sec:.0f} |")
+        gap = "" if ref is None else f"{acc - ref:+.3f}"
+        print(f"{name}: {acc:.3f}{spread} (ref {paper or '-'}), {n} params, {FC1 / n:.0f}x, {sec:.0f} s", flush=True)
+        lines.append(f"| {name} | {epochs} | {acc:.3f}{spread} | {paper} | {gap} | {n} | {FC1 / n:,.0f}x | {sec:.0f} |")
     return lines, dense_acc
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="60 epochs, three seeds, mean ± std (about 8 minutes on 2 idle cores)")
+    parser.add_argument("--full", action="store_true", help="60 epochs, three seeds for every row, mean ± std")
     parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
     parser.add_argument("--epochs", type=int, default=None, help="ADTN fine-tuning epochs (default 30; --full 60)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -112,9 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(rows))
     body = [
         (f"{datetime.date.today()}, {machine()}, `python benchmarks/repro_adtn.py{' --full' if args.full else ''}` "
-        f"({time.perf_counter() - start:.0f} s). Seeds: {list(seeds)}; Adam, cosine schedule, lr 5e-3, batch 128; "
+        f"({time.perf_counter() - start:.0f} s). Seeds: {list(seeds)} (the distilled rows: {list(GOAL_SEEDS)}; a "
+        "seed sets the gates' init, the batch order is fixed); Adam, cosine schedule, lr 5e-3, batch 128; "
         "MNIST 5k (4000 train / 1000 test); gates from identity + noise (`init=\"random\"`), no fit to the "
-        "dense weight."),
+        "dense weight. \"distilled\": the same fine-tuning with `teacher=` the dense FC-2 (Hinton's loss, "
+        "T = 4, alpha = 0.9), as the demo's hybrid / mixed rows are trained."),
         "",
         "**(a) VGG-16 CIFAR-10 classifier, depth 1 (build only).**",
         "",
@@ -140,7 +154,7 @@ def _verdict(rows: list[str], dense_acc: float) -> str:
         cells = [c.strip() for c in row.strip("|").split("|")]
         acc = float(cells[2].split()[0])
         ratio = float(cells[6].rstrip("x").replace(",", ""))
-        if ratio >= 100 and acc >= dense_acc - 0.01:
+        if ratio >= 100 and acc >= round(dense_acc - 0.01, 3) - 1e-9:
             ok.append(f"{cells[0]} ({acc:.3f}, {ratio:,.0f}x)")
     if ok:
         return f"Goal (>= 100x on fc1 within 1 point of dense {dense_acc:.3f}) met by: {'; '.join(ok)}."

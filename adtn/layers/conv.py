@@ -2,7 +2,7 @@
 
 The kernel's axes are ``out``, ``in``, ``kh``, ``kw`` (``out``, ``in``, ``kw`` for 1-D), the
 torch weight layout. Forward runs one of: ``dense`` (rebuild the kernel, ``F.conv2d``); the
-format's fast form for Tucker(-2), CP and Kronecker templates (see ``forward.py``); or, for
+format's fast form for Tucker(-2), CP and Kronecker templates (see ``conv_forms.py``); or, for
 other formats, im2col (``F.unfold``) with the patches streamed through the network. ``"auto"``
 takes the cheapest by FLOPs. Internally everything is 2-D: a 1-D conv has height 1.
 """
