@@ -235,3 +235,19 @@ def test_a_searched_layer_saves_and_loads(tmp_path):
     assert back[0].shape_choice == model[0].shape_choice
     x = torch.randn(2, 64)
     torch.testing.assert_close(back(x), model(x))
+
+
+def test_ring_error_on_a_big_weight_is_measured_not_guessed():
+    # above 2**18 entries the finalists are not all decomposed; the ring's singular-value model
+    # can be optimistic by far, so the leader is decomposed and the reported error is real
+    from adtn.shapes import search
+    from adtn.templates import get
+    from adtn.templates.init_common import contract
+
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(64, 64, 9, 9, generator=g)  # 331,776 entries
+    axes = {"out": 64, "in": 64, "kh": 9, "kw": 9}
+    choice = search("tr", w, axes, 0.05)
+    graph, tensors = get("tr").init(w, axes, rank=choice.rank, **choice.options)
+    real = float(torch.linalg.vector_norm(contract(graph, tensors) - w) / torch.linalg.vector_norm(w))
+    assert choice.error == pytest.approx(real, rel=1e-3) or choice.error >= real
