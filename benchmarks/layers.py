@@ -9,7 +9,7 @@ B2 ADTN 4096x4096 depth 1 vs nn.Linear, batch 128 (goal <= 0.8).
 B3 ADTN 4096x4096 depth 2 (ReLU) vs nn.Linear, batch 128 (goal <= 2.0).
    B2/B3 run only when the template "adtn" is registered; else "n/a".
 B7 conv 64->64, 3x3, 32x32, batch 64 (--full; 16 otherwise) at >= 4x compression (budget
-   0.25) vs nn.Conv2d (goal <= 0.6): Tucker-2, CP, Kronecker with the paper's default split,
+   0.25) vs nn.Conv2d (goal <= 0.6): Tucker-2, CP, Kronecker with the default split,
    with a channel-separable split A (64, 1, 3, 1), B (1, 64, 1, 3), and with A (64, 1, 3, 3),
    B (1, 64, 1, 1) (a 1x1 conv to R channels, then a 3x3 one).
 All float32, 2 threads, forward="auto" (the mode each layer picks is printed).
