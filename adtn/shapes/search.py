@@ -22,7 +22,9 @@ __all__ = ["SEARCHABLE", "ShapeChoice", "search"]
 SEARCHABLE = ("kronecker", "tt", "tr", "ht", "semi_tt", "semi_tr")
 REFINE_NUMEL = 2**18  # finalists are decomposed for real up to this many weight entries
 ESTIMATED = ("tr", "semi_tr")  # templates whose screening error is a model estimate, not a bound
-SERIAL_NUMEL = 2**20  # the whole search runs on one thread up to this many (see spectra.single_thread)
+SERIAL_NUMEL = 2**20
+BIG_NUMEL = 2**22  # above this many entries only MAX_SCREENED candidates are screened
+MAX_SCREENED = 48  # the whole search runs on one thread up to this many (see spectra.single_thread)
 Apply = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -166,6 +168,8 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
         cands = [c for c in cands if options_key(c.options) in keys]
     if not cands:
         raise RankError(f"shape search: no {template!r} shape fits budget {budget} of {dense.numel():,} parameters")
+    if dense.numel() > BIG_NUMEL and len(cands) > MAX_SCREENED:
+        cands = _shortlist(cands, MAX_SCREENED)
     unfoldings: dict[tuple, Unfoldings] = {}
 
     def unf(c: Candidate) -> Unfoldings:
@@ -199,6 +203,15 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
     elif template in ESTIMATED and get(template).init is not None:
         _measure_leaders(template, dense, finalists, unf)
     return _choice(template, cands, finalists, criterion, measured, time.perf_counter() - start, axes)
+
+
+def _shortlist(cands: list[Candidate], n: int) -> list[Candidate]:
+    """On big weights every screened unfolding costs a pass over the weight: keep the tagged
+    shapes (default, SVD-like, padded) and the ``n`` that use most of the budget, fewest bonds
+    first among equals (more parameters in fewer bonds is where low errors are)."""
+    tagged = [c for c in cands if c.tag]
+    rest = sorted((c for c in cands if not c.tag), key=lambda c: (-c.params, len(c.bonds)))
+    return tagged + rest[: max(0, n - len(tagged))]
 
 
 def _measure_leaders(template: str, dense: Tensor, finalists: list[Candidate], unf, rounds: int = 3) -> None:
