@@ -69,13 +69,13 @@ def knob_for_budget(where: str, t: Template, axes: Mapping[str, int], knob: str,
 
     lo, hi, p_lo = 1, None, first
     while lo * step < MAX_SIZE:
-        probes = [(2**j * lo, fits(2**j * lo)) for j in range(1, _PLATEAU + 1)]
-        if probes[0][1] is None:
+        p = fits(2 * lo)
+        if p is None:
             hi = 2 * lo
             break
-        if all(p == p_lo for _, p in probes):  # clipped ranks: larger values change nothing
-            break
-        lo, p_lo = probes[0][0], probes[0][1]
+        if p == p_lo and all(fits(2**j * lo) == p_lo for j in range(2, _PLATEAU + 1)):
+            break  # clipped ranks: larger values change nothing (rounded ones may plateau briefly)
+        lo, p_lo = 2 * lo, p
     while hi is not None and hi - lo > 1:
         mid = (lo + hi) // 2
         p = fits(mid)
