@@ -12,6 +12,7 @@ Flattening for fully connected models is the model's job, not the data's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import importlib.util
@@ -88,6 +89,20 @@ class Split:
         test = DataLoader(TensorDataset(self.test_x, self.test_y), batch_size=test_batch_size or batch_size,
                           shuffle=False, num_workers=num_workers)
         return train, test
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> Split:
+        """A seeded random subset of ``n_train`` / ``n_test`` images (None: all of that side).
+
+        Random, not a prefix: the sources are sorted by label, so a prefix would hold few classes.
+        """
+        if n_train is None and n_test is None:
+            return self
+        gen = torch.Generator().manual_seed(seed)
+        tr = torch.randperm(len(self.train_x), generator=gen)[:n_train].sort().values
+        te = torch.randperm(len(self.test_x), generator=gen)[:n_test].sort().values
+        return dataclasses.replace(self, train_x=self.train_x[tr], train_y=self.train_y[tr], test_x=self.test_x[te],
+                                   test_y=self.test_y[te], train_indices=self.train_indices[tr],
+                                   test_indices=self.test_indices[te])
 
     def __repr__(self) -> str:
         c, h, w = self.input_shape

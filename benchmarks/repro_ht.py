@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from _results import machine, write_section
-from repro_stt import rel_error, subset
+from repro_stt import rel_error
 from torch import nn
 
 import adtn
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         dense_epochs, fc_epochs, lenet_epochs, seeds, lenet_budgets = 15, 5, 8, (0,), (0.1,)
     fc_epochs, lenet_epochs = args.epochs or fc_epochs, args.epochs or lenet_epochs
     start = time.perf_counter()
-    split = subset(load_mnist5k(), 512, 256) if args.smoke else load_mnist5k()
+    split = load_mnist5k().subset(512, 256) if args.smoke else load_mnist5k()
     fc1, fc2_dense = fc1_runs(split, (0.01, 0.03, 0.1), dense_epochs, fc_epochs, seeds)
     lenet, lenet_dense, first = lenet_runs(split, lenet_budgets, dense_epochs, lenet_epochs, seeds)
     layers = layer_errors(first, split.train_x[:256])

@@ -26,7 +26,6 @@ The table is printed and written as the section ``## MTD`` of ``--out`` (other s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import time
 import warnings
@@ -39,7 +38,7 @@ from _results import machine, write_section
 from torch import nn
 
 import adtn
-from adtn.data import Split, load_digits, load_mnist5k
+from adtn.data import load_digits, load_mnist5k
 
 HEADING = "## MTD: mixed Tucker-2 / CP (METHODS.md section 4)"
 POLICIES = ("mixed", "tucker2", "cp")
@@ -94,18 +93,6 @@ def _conv_weights(model: nn.Module) -> int:
     return total
 
 
-def _subset(split: Split, s: Settings) -> Split:
-    """A seeded random subset (the sources are sorted by label, so a prefix would hold few classes)."""
-    if s.train is None and s.test is None:
-        return split
-    gen = torch.Generator().manual_seed(0)
-    tr = torch.randperm(len(split.train_x), generator=gen)[: s.train].sort().values
-    te = torch.randperm(len(split.test_x), generator=gen)[: s.test].sort().values
-    return dataclasses.replace(split, train_x=split.train_x[tr], train_y=split.train_y[tr], test_x=split.test_x[te],
-                               test_y=split.test_y[te], train_indices=split.train_indices[tr],
-                               test_indices=split.test_indices[te])
-
-
 def _train(model: nn.Module, loaders: tuple, epochs: int, lr: float, teacher: nn.Module | None = None) -> float:
     """Train in place with a seeded batch order; the final test accuracy."""
     torch.manual_seed(0)
@@ -130,7 +117,7 @@ def _layers(report: adtn.Report) -> str:
 
 def run(s: Settings) -> tuple[list[str], list[dict], float, int]:
     """Train dense, compress per budget and policy, distil: table lines, results, dense accuracy, test size."""
-    split = _subset(load_digits() if s.data == "digits" else load_mnist5k(), s)
+    split = (load_digits() if s.data == "digits" else load_mnist5k()).subset(s.train, s.test)
     loaders = split.loaders(s.batch, shuffle_seed=0, test_batch_size=1000)
     calibration = split.train_x[:256]
     torch.manual_seed(0)

@@ -65,18 +65,6 @@ class Row:
     seconds: float = 0.0
 
 
-def subset(split: Split, n_train: int | None, n_test: int | None) -> Split:
-    """A seeded random subset of ``split`` (its source is sorted by label, so a prefix would hold few classes)."""
-    if n_train is None and n_test is None:
-        return split
-    gen = torch.Generator().manual_seed(0)
-    tr = torch.randperm(len(split.train_x), generator=gen)[:n_train].sort().values
-    te = torch.randperm(len(split.test_x), generator=gen)[:n_test].sort().values
-    return dataclasses.replace(split, train_x=split.train_x[tr], train_y=split.train_y[tr], test_x=split.test_x[te],
-                               test_y=split.test_y[te], train_indices=split.train_indices[tr],
-                               test_indices=split.test_indices[te])
-
-
 def rel_error(layer: torch.nn.Module, weight: torch.Tensor) -> float:
     with torch.no_grad():
         return float((layer.weight - weight).norm() / weight.norm())
@@ -215,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     dense_epochs, epochs, seeds = (15, 15, (0, 1, 2)) if args.full else (1, 1, (0,)) if args.smoke else (15, 5, (0,))
     epochs = args.epochs or epochs
     start = time.perf_counter()
-    split = subset(load_mnist5k(), 512, 256) if args.smoke else load_mnist5k()
+    split = load_mnist5k().subset(512, 256) if args.smoke else load_mnist5k()
     rows, dense_accs = run(split, dense_epochs, epochs, seeds)
     lines = table(rows, epochs)
     print("\n".join(lines))

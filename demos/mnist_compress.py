@@ -93,18 +93,6 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _subset(split: Split, s: Settings) -> Split:
-    """A seeded random subset (the source is sorted by label, so a prefix would hold few classes)."""
-    if s.train is None and s.test is None:
-        return split
-    gen = torch.Generator().manual_seed(0)
-    tr = torch.randperm(len(split.train_x), generator=gen)[: s.train].sort().values
-    te = torch.randperm(len(split.test_x), generator=gen)[: s.test].sort().values
-    return dataclasses.replace(split, train_x=split.train_x[tr], train_y=split.train_y[tr], test_x=split.test_x[te],
-                               test_y=split.test_y[te], train_indices=split.train_indices[tr],
-                               test_indices=split.test_indices[te])
-
-
 def _train(model: nn.Module, loaders: tuple, epochs: int, lr: float, teacher: nn.Module | None = None) -> float:
     """Fine-tune in place (seeded batch order) and return the final test accuracy."""
     torch.manual_seed(0)
@@ -293,7 +281,7 @@ def run(out_dir: str | Path = "demo-output", quick: bool = False, full: bool = F
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    split = _subset(load_mnist5k(), s)
+    split = load_mnist5k().subset(s.train, s.test)
     loaders = split.loaders(s.batch, shuffle_seed=0, test_batch_size=1000)
     print(f"data: {split}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     rows, dense = _models(split, loaders, s, out)

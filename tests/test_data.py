@@ -184,3 +184,17 @@ def test_registry_by_name(tmp_path):
     assert len(data.load("cifar10", data_dir=tmp_path).test_x) == N_TEST
     with pytest.raises(AdtnError, match=r"data set 'mnist' not found; valid: \['cifar10', 'digits', 'mnist5k'\]"):
         data.load("mnist")
+
+
+def test_subset_is_seeded_random_and_keeps_provenance():
+    from adtn.data import load_digits
+
+    split = load_digits()
+    small = split.subset(200, 50)
+    assert len(small.train_x) == 200 and len(small.test_x) == 50
+    assert len(set(small.train_y.tolist())) == split.num_classes  # random, not a label-sorted prefix
+    assert torch.equal(split.train_x[torch.searchsorted(split.train_indices, small.train_indices)], small.train_x)
+    assert torch.equal(small.test_indices, small.test_indices.sort().values)
+    again = split.subset(200, 50)
+    assert torch.equal(again.train_indices, small.train_indices)
+    assert split.subset() is split and len(split.subset(None, 10).train_x) == len(split.train_x)
