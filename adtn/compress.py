@@ -49,6 +49,7 @@ from .api import _knob_for_budget, _template_params, encode, resolve
 from .errors import AdtnError, RankError, TemplateError
 from .report import LayerRow, Report, layer_flops
 from .templates import get, names
+from .train import eval_mode
 
 __all__ = ["POLICIES", "compress", "default_candidates"]
 
@@ -272,21 +273,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def _errors(job: _Job, layer: nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[float, float | None]:
     """(relative weight error, relative output error on the calibration input or None)."""
-    was = layer.training
-    layer.eval()
-    try:
+    with eval_mode(layer, job.module):
         werr = _rel(layer.weight, job.module.weight)
         x = inputs.get(job.name)
-        cerr = None
-        if x is not None:
-            ref_was = job.module.training
-            job.module.eval()
-            try:
-                cerr = _rel(layer(x), job.module(x))
-            finally:
-                job.module.train(ref_was)
-    finally:
-        layer.train(was)
+        cerr = None if x is None else _rel(layer(x), job.module(x))
     return werr, cerr
 
 
@@ -487,12 +477,10 @@ def _capture(model: nn.Module, jobs: Iterable[_Job], batch: Any) -> tuple[dict[s
         return hook
 
     hooks = [j.module.register_forward_pre_hook(keep(j.name)) for j in jobs]
-    was = model.training
     try:
-        model.eval()
-        out = _call(model, batch)
+        with eval_mode(model):
+            out = _call(model, batch)
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     return inputs, out
@@ -502,12 +490,8 @@ def _capture(model: nn.Module, jobs: Iterable[_Job], batch: Any) -> tuple[dict[s
 def _model_error(model: nn.Module, batch: Any, ref: Any) -> float | None:
     if not isinstance(ref, torch.Tensor):
         return None
-    was = model.training
-    try:
-        model.eval()
+    with eval_mode(model):
         out = _call(model, batch)
-    finally:
-        model.train(was)
     return _rel(out, ref) if isinstance(out, torch.Tensor) else None
 
 

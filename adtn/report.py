@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .train import eval_mode
+
 __all__ = ["LayerRow", "Report", "layer_flops"]
 
 PLAIN = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -297,14 +299,9 @@ def layer_flops(m: nn.Module, shape: Sequence[int] | None = None) -> tuple[int, 
     samples = shape[0] * per if conv or len(shape) > 1 else per
     if not isinstance(m, TNLayer):
         return _dense_flops(m, shape) // samples, "dense"
-    was = m.training
-    try:
-        m.eval()
-        with torch.no_grad():
-            m.dense_weight()  # cache it, as inference does
-            choice = m.choose_forward(shape)
-    finally:
-        m.train(was)
+    with eval_mode(m), torch.no_grad():
+        m.dense_weight()  # cache it, as inference does
+        choice = m.choose_forward(shape)
     if choice.form == "dense":
         flops = _dense_flops(m, shape)
     elif choice.form == "stream":
@@ -346,14 +343,11 @@ def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tup
         if isinstance(m, (TNLayer, *PLAIN)):
             hooks.append(m.register_forward_pre_hook(keep(name)))
     p = next(model.parameters(), None)
-    was = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(torch.zeros(tuple(input_shape), dtype=p.dtype if p is not None else None,
                               device=p.device if p is not None else None))
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     return shapes

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from .errors import AdtnError
 
-__all__ = ["OPTIMIZERS", "History", "distillation_loss", "evaluate", "finetune", "setup_distributed"]
+__all__ = ["OPTIMIZERS", "History", "distillation_loss", "eval_mode", "evaluate", "finetune", "setup_distributed"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -132,6 +133,19 @@ def setup_distributed(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Run the block with ``modules`` in eval mode, then give each its own mode back (even on error)."""
+    was = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, was):
+            m.train(mode)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | None = None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` over ``loader``'s ``(inputs, labels)`` batches.
@@ -141,16 +155,12 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     call it (each on its shard) and all get the global values.
     """
     device = _resolve_device(model, device)
-    was_training = model.training
-    model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
-    try:
+    with eval_mode(model):
         for batch in loader:
             x, y = _unpack(batch, device, "evaluate")
             out = model(x)
             _accumulate(sums, F.cross_entropy(out, y), out, y)
-    finally:
-        model.train(was_training)
     loss, acc, n = _reduce(sums)
     if n == 0:
         raise AdtnError("evaluate: loader is empty; it must yield at least one (inputs, labels) batch")

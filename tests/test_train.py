@@ -171,3 +171,13 @@ def test_bad_input():
         evaluate(model, [])
     with pytest.raises(AdtnError, match="unknown metric 'acc'"):
         History()["acc"]
+
+
+def test_eval_mode_restores_each_module_even_on_error():
+    from adtn.train import eval_mode
+
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2).eval()
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(a, b):
+        assert not a.training and not b.training
+        raise RuntimeError("boom")
+    assert a.training and not b.training
