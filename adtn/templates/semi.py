@@ -77,7 +77,9 @@ def _semi_chain(axes, rank, modes, d, t, clip, ring: bool, where: str, options: 
     ranks = ranks_list(rank, len(names), where)
     # bond k joins site k (A) and site k+1 (B); it is a semi-tensor product between channel cores
     semi = [t > 1 and "o" in sites[k].legs and "o" in sites[(k + 1) % n].legs for k in range(len(names))]
-    bounds = _semi_bounds(chain_bounds([s.size for s in sites], [s.node for s in sites], ring), semi, t)
+    # B's side of a semi-tensor bond may use t times the TT rank (I_t copies its s leg); on A's
+    # side, which stores r/t columns against its rows, a rank beyond the TT limit is redundant
+    bounds = chain_bounds([s.size for s in sites], [s.node for s in sites], ring, [t if s else 1 for s in semi])
     ranks = enforce_ranks(names, ranks, bounds, clip)
     for k, is_semi in enumerate(semi):
         if not is_semi:
@@ -120,21 +122,6 @@ def _semi_chain(axes, rank, modes, d, t, clip, ring: bool, where: str, options: 
         left = (None,) + tuple(stored)
         right = tuple(stored) + (None,)
     return Chain(tuple(new_sites), left, right, ring, outputs)
-
-
-def _semi_bounds(tt_bounds, semi: Sequence[bool], t: int):
-    """The TT rank bounds, with B's side of every semi-tensor bond t times larger.
-
-    A's side stores r/t columns against its rows, so a rank beyond the TT limit there is
-    redundant as in TT; B's rows are the pairs (l, s) of which I_t copies s, so the rank the
-    bond can use on B's side grows by t (the TT bound would reject useful ranks)."""
-
-    def bounds(ranks: list[int]):
-        out = tt_bounds(ranks)
-        return [[(limit * t, f"{why} times t={t}") if is_semi and ("right of" in why or why.startswith("modes of"))
-                 else (limit, why) for limit, why in limits] for limits, is_semi in zip(out, semi)]
-
-    return bounds
 
 
 def semi_tt_params(

@@ -118,11 +118,13 @@ def bond_names(sites: Sequence[Site], ring: bool) -> list[str]:
     return [f"{sites[k].node}.r -- {sites[(k + 1) % n].node}.l" for k in range(n if ring else n - 1)]
 
 
-def chain_bounds(sizes: Sequence[int], nodes: Sequence[str], ring: bool):
+def chain_bounds(sizes: Sequence[int], nodes: Sequence[str], ring: bool, right_factor: Sequence[int] | None = None):
     """Per bond, the largest useful ranks as (max, why) pairs, given the current ranks.
 
     A chain bond can carry at most the product of the modes on either side; any bond at most
     its neighbour core's other rank times that core's modes (else the core is rank deficient).
+    ``right_factor[k]`` (the semi-tensor t of bond k, default 1) multiplies the limits from the
+    bond's right side (B's rows carry an I_t that copies its ``s`` leg).
     """
     n = len(sizes)
 
@@ -130,14 +132,17 @@ def chain_bounds(sizes: Sequence[int], nodes: Sequence[str], ring: bool):
         out = []
         for k in range(len(ranks)):
             a, b = k, (k + 1) % n
+            f = right_factor[k] if right_factor is not None else 1
+            times = f" times t={f}" if f > 1 else ""
             limits: list[Bound] = []
             if not ring:
                 limits.append((math.prod(sizes[: k + 1]), "product of the modes left of the bond"))
-                limits.append((math.prod(sizes[k + 1 :]), "product of the modes right of the bond"))
+                limits.append((math.prod(sizes[k + 1 :]) * f, f"product of the modes right of the bond{times}"))
             if ring or a > 0:
                 limits.append((ranks[k - 1] * sizes[a], f"rank of {nodes[a]}.l times the modes of {nodes[a]}"))
             if ring or b < n - 1:
-                limits.append((sizes[b] * ranks[(k + 1) % len(ranks)], f"modes of {nodes[b]} times the rank of {nodes[b]}.r"))
+                limits.append((sizes[b] * ranks[(k + 1) % len(ranks)] * f,
+                               f"modes of {nodes[b]} times the rank of {nodes[b]}.r{times}"))
             out.append(limits)
         return out
 
