@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import AdtnError, RankError
 from .templates import Template
+from .templates.factor import _divisors
 
 __all__ = ["FILL", "count", "fill_ranks", "knob_for_budget", "kronecker_splits"]
 
@@ -143,7 +144,7 @@ def kronecker_splits(axes: Mapping[str, int], target: float) -> Iterator[dict[st
     """Kronecker factor splits (a, b) by how fully rank R * (|a| + |b|) fills ``target``, most balanced first."""
     names = list(axes)
     scored = []
-    for a in itertools.product(*[[k for k in range(1, axes[ax] + 1) if axes[ax] % k == 0] for ax in names]):
+    for a in itertools.product(*[_divisors(axes[ax]) for ax in names]):
         b = tuple(axes[ax] // x for ax, x in zip(names, a))
         pa, pb = math.prod(a), math.prod(b)
         if a > b or pa == 1 or pb == 1:  # (a, b) and (b, a) cost the same; |a| = 1 is not a factorization
