@@ -93,16 +93,26 @@ def test_auto_never_worse_than_default(template, name):
     assert "shape=auto" in repr(auto)
 
 
-@pytest.mark.parametrize("template", ["kronecker", "tt"])
-def test_auto_never_worse_than_truncated_svd(template):
-    w = _weights()["linear"]
-    budget = 0.2
-    r = int(budget * w.numel() // sum(w.shape))
-    s = torch.linalg.svdvals(w.double())
-    svd_err = float(s[r:].norm() / s.norm())
-    choice = search(template, w, {"out": 96, "in": 64}, budget=budget)
-    assert choice.params <= budget * w.numel()
-    assert choice.error <= svd_err + 1e-5
+@pytest.mark.parametrize("template", SEARCHABLE)
+@pytest.mark.parametrize("shape", [(96, 64), (32, 24, 3, 3), (20, 6, 5)], ids=["linear", "conv2d", "conv1d"])
+def test_auto_never_worse_than_truncated_svd(template, shape):
+    g = torch.Generator().manual_seed(2)
+    m = torch.randn(shape[0], 12, generator=g) @ torch.randn(12, math.prod(shape[1:]), generator=g)
+    w = (m + 0.3 * torch.randn(m.shape, generator=g)).reshape(shape)  # low rank plus noise: the SVD is good
+    axes = dict(zip(("out", "in", "kh", "kw") if len(shape) != 3 else ("out", "in", "kw"), shape))
+    choice = search(template, w, axes, budget=0.2)
+    assert choice.params <= 0.2 * w.numel()
+    assert choice.error <= _svd_error(w, choice.params) + 1e-5
+
+
+def test_semi_tr_floor_needs_t_free_on_a_linear_weight():
+    # a linear semi_tr at t >= 2 cannot hold a truncated SVD (its closing bond puts I_t on the out
+    # core); with t free the search's floor is the ring at t = 1
+    w = _weights()["lowrank+noise"].reshape(32, -1)[:, :64].contiguous()
+    free = search("semi_tr", w, {"out": 32, "in": 64}, budget=0.3)
+    assert free.error <= _svd_error(w, free.params) + 1e-5
+    kept = search("semi_tr", w, {"out": 32, "in": 64}, budget=0.3, t=2)
+    assert kept.options["t"] == 2 and math.isfinite(kept.error)
 
 
 # ---------------------------------------------------------------------- trained layers
@@ -139,7 +149,7 @@ def trained():
     return _trained()
 
 
-@pytest.mark.parametrize("template", ["kronecker", "tt"])
+@pytest.mark.parametrize("template", SEARCHABLE)
 def test_trained_layers_are_never_worse_than_a_truncated_svd(trained, template):
     model, _ = trained
     for name in ("2", "5", "7"):

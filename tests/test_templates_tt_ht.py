@@ -421,3 +421,72 @@ def test_declared_graphs_load_and_count(filename):
     assert g.num_params == get(template).formula(axes, **options)
     assert g == MAKE.build(filename)
     assert g.axis_sizes == axes
+
+
+# ---------------------------------------------------------------------------- kernel_with
+KERNEL_SVD = [  # (template, options, rank of R): the truncated SVD of (out | in kh kw) in each format
+    ("tt", {"modes": ((12, 1), (1, 8)), "kernel_with": 1}, lambda r: r),
+    ("tr", {"modes": ((12, 1), (1, 8)), "kernel_with": 1}, lambda r: [r, 1]),
+    ("ht", {"modes": ((12, 1), (1, 8)), "kernel_with": 1}, lambda r: r),
+    ("semi_tt", {"modes": ((12, 1), (2, 4)), "kernel_with": 1, "t": 2}, lambda r: 2 * r),
+    ("semi_tr", {"modes": ((12, 1), (2, 4)), "t": 2}, lambda r: [1, 2 * r, 6]),
+]
+
+
+@pytest.mark.parametrize("name, options, rank_of", KERNEL_SVD, ids=[c[0] for c in KERNEL_SVD])
+def test_svd_shapes_of_a_conv_kernel_are_the_truncated_svd(name, options, rank_of):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(12, 8, 2, 3, generator=g, dtype=torch.float64)
+    axes = {"out": 12, "in": 8, "kh": 2, "kw": 3}
+    u, s, vh = torch.linalg.svd(w.reshape(12, -1))
+    for r in (1, 3, 5):
+        graph, tensors = get(name).init(w, axes, rank=rank_of(r), **options)
+        module = adtn.compile(graph, init=tensors, dtype=torch.float64)
+        truncated = ((u[:, :r] * s[:r]) @ vh[:r]).reshape(w.shape)
+        torch.testing.assert_close(module.dense(), truncated)
+        extra = {"ht": r * r, "semi_tr": 36}.get(name, 0)  # HT's root, the ring's spatial core
+        assert get(name).formula(axes, rank=rank_of(r), **options) == r * (12 + 8 * 6) + extra
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_kernel_with_moves_the_kernel_legs_onto_a_channel_core(name):
+    axes = {"out": 6, "in": 4, "kh": 3, "kw": 2}
+    t = {"t": 2} if name.startswith("semi") else {}
+    rank = 2
+    plain = get(name).build(axes, rank=rank, modes=((3, 2), (2, 2)), **t)
+    merged = get(name).build(axes, rank=rank, modes=((3, 2), (2, 2)), kernel_with=0, **t)
+    nodes = merged.nodes_with_role("param")
+    assert len(nodes) < len(plain.nodes_with_role("param"))  # no spatial core / kernel leaf
+    assert "spatial" not in nodes and "leaf2" not in nodes
+    assert {"kh", "kw"} <= set(merged.legs(nodes[0]))
+    assert get(name).formula(axes, rank=rank, modes=((3, 2), (2, 2)), kernel_with=0, **t) == merged.num_params
+    m = adtn.compile(merged, dtype=torch.float64, seed=0)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    w = m.dense()
+    assert w.shape == (6, 4, 3, 2)
+    layer = adtn.encode(torch.nn.Conv2d(4, 6, (3, 2)), name, rank=rank, modes=((3, 2), (2, 2)), kernel_with=0, **t)
+    assert "kh" in layer.tn.graph.legs(layer.tn.graph.nodes_with_role("param")[0])
+    torch.testing.assert_close(layer(x.float()), torch.nn.functional.conv2d(x.float(), layer.weight, layer.bias))
+
+
+def test_kernel_with_gradcheck():
+    axes = {"out": 4, "in": 4, "kh": 2, "kw": 1}
+    for name in ("tt", "ht", "semi_tt"):
+        t = {"t": 2} if name == "semi_tt" else {}
+        m = adtn.compile(get(name).build(axes, rank=2, modes=((2, 2), (2, 2)), kernel_with=1, **t),
+                         dtype=torch.float64, seed=0)
+        x = torch.randn(3, 4, 2, 1, dtype=torch.float64, requires_grad=True)
+        params = tuple(m.parameters())
+        assert torch.autograd.gradcheck(lambda x, *p: m.apply(x, ("in", "kh", "kw")), (x, *params))
+
+
+def test_kernel_with_errors():
+    conv = {"out": 6, "in": 4, "kh": 3, "kw": 3}
+    with pytest.raises(TemplateError, match="needs a conv weight"):
+        get("tt").build({"out": 6, "in": 4}, rank=2, kernel_with=0)
+    with pytest.raises(TemplateError, match=r"index of a channel core, 0..1 \(core0..core1\), got 2"):
+        get("tr").build(conv, rank=2, modes=((3, 2), (2, 2)), kernel_with=2)
+    with pytest.raises(TemplateError, match="index of a channel leaf"):
+        get("ht").build(conv, rank=2, modes=((3, 2), (2, 2)), kernel_with=True)
+    with pytest.raises(TemplateError, match="index of a channel core"):
+        get("semi_tt").build(conv, rank=2, modes=((3, 2), (2, 2)), kernel_with=-1)

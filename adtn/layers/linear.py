@@ -282,7 +282,7 @@ def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weig
     ``calibration`` from ``options``.
 
     ``shape`` not given means ``"auto"`` when it is safe: ``budget=`` is given, no ``modes=`` /
-    ``factors=`` / ``d=``, the template is searchable and the network is initialised from the
+    ``factors=`` / ``d=`` / ``kernel_with=``, the template is searchable and the network is initialised from the
     weight (``init`` "auto" or "decompose"). ``rank=``, ``tol=`` or ``init="random"`` keep the
     fixed rule, as do ``shape="default"`` and ``shape=None``. ``calibration``: an input batch of
     the layer; the search then ranks its finalists by the layer's output error on it (the
@@ -294,13 +294,13 @@ def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weig
     calibration = options.pop("calibration", None)
     if shape not in SHAPES + ("unset",):
         raise AdtnError(f"{where}: shape must be 'auto', 'default' or None, got {shape!r}")
-    forced = modes is not None or options.get("factors") is not None or options.get("d") is not None
+    forced = modes is not None or any(options.get(k) is not None for k in ("factors", "d", "kernel_with"))
     if shape == "unset":
         safe = (budget is not None and tol is None and rank is None and not forced and template in SEARCHABLE
                 and init in ("auto", "decompose") and not weight.is_meta)
         shape = "auto" if safe else None
     if shape != "auto" or forced:
-        return None  # modes= / factors= / d= force the shape
+        return None  # modes= / factors= / d= / kernel_with= force the shape
     if template not in SEARCHABLE:
         raise AdtnError(f"{where}: shape='auto' supports templates {list(SEARCHABLE)}, got {template!r}; "
                         "pass modes= or factors= instead")

@@ -16,6 +16,20 @@ Enumerated: every split of every axis over its divisors (kronecker), every two-c
 template's default shape (tagged ``default``) and, for an axis whose size factors badly (a
 prime), the same on its zero-padded size (tagged ``padded``). Candidates with the same bonds
 and parameter count are one.
+
+The floor (``_svd_like``, tagged ``svd``): the truncated SVD of the (out | in*kh*kw)
+unfolding written in the template's own format, at the largest rank R within the budget:
+
+- ``tt`` / ``ht``: modes ((O, 1), (1, C)), conv kernels on the in core / leaf (``kernel_with=1``);
+  HT adds an R x R root;
+- ``tr``: the same with ranks [R, 1] (a ring whose closing bond is 1 is a chain);
+- ``semi_tt``: modes ((O, 1), (t, C / t)), rank t R: the out core is A of the semi-tensor
+  bond and stores R columns, B's rows (R, t) are a general R x (C kh kw) matrix;
+- ``semi_tr`` on a conv kernel: the same modes with the spatial core last in the ring, ranks
+  [1, t R, kh kw] (+ kh kw squared entries). A linear ``semi_tr`` at t >= 2 cannot hold it: its
+  closing bond puts I_t on the out core, so the right factor is block-diagonal with t
+  repeated blocks. There, and wherever t divides no in size, the floor is the ring at t = 1
+  when t is the search's to choose (``semi_tr`` at t = 1 is ``tr``).
 """
 
 from __future__ import annotations
@@ -65,7 +79,7 @@ def options_key(options: Mapping[str, Any]) -> str:
         return repr((tuple(dict(a).values()) if isinstance(a, Mapping) else tuple(a),
                      tuple(dict(b).values()) if isinstance(b, Mapping) else tuple(b)))
     out, inn = options["modes"]
-    return repr((tuple(out), tuple(inn), options.get("t")))
+    return repr((tuple(out), tuple(inn), options.get("t"), options.get("kernel_with")))
 
 
 # ---------------------------------------------------------------------- bonds of a network
@@ -180,6 +194,55 @@ def _chain(template: str, axes: dict[str, int], modes: Any, extra: dict, rank: A
                      tag or ("svd" if svd else ""))
 
 
+def _svd_shapes(template: str, axes: dict[str, int], ts: tuple[int | None, ...]) -> list[tuple[dict, Any]]:
+    """(build options, R -> rank) of the template's truncated-SVD shapes (see the module doc)."""
+    out, inn, spatial = weight_axes(axes, "shape search")
+    o, i = axes[out], axes[inn]
+    merge = {"kernel_with": 1} if spatial else {}
+    if template in ("tt", "ht"):
+        return [({"modes": ((o, 1), (1, i)), **merge}, lambda r: r)]
+    if template == "tr":
+        return [({"modes": ((o, 1), (1, i)), **merge}, lambda r: [r, 1])]
+    kernel = math.prod(axes[ax] for ax in spatial)
+    found: list[tuple[dict, Any]] = []
+    for t in ts:
+        if t is None or i % t or t == 1:
+            continue
+        modes = ((o, 1), (t, i // t))
+        if template == "semi_tt":
+            found.append(({"modes": modes, "t": t, **merge}, lambda r, t=t: t * r))
+        elif spatial:
+            found.append(({"modes": modes, "t": t}, lambda r, t=t: [1, t * r, kernel]))
+    if not found and (ts == SEMI_T or 1 in ts):  # t free (or 1): the plain chain / ring at t = 1
+        found.append(({"modes": ((o, 1), (1, i)), "t": 1, **merge},
+                      (lambda r: r) if template == "semi_tt" else (lambda r: [r, 1])))
+    return found
+
+
+def _svd_like(template: str, axes: dict[str, int], budget: float, dense: int,
+              ts: tuple[int | None, ...]) -> list[Candidate]:
+    """The template's truncated-SVD shapes at the largest R within ``budget``, tagged ``svd``:
+    the approximation is the truncated SVD itself, so its bound is the unfolding's tail at R."""
+    t = get(template)
+    cap = min(axes[next(iter(axes))], dense // axes[next(iter(axes))])
+    found = []
+    for options, rank_of in _svd_shapes(template, axes, ts):
+        def count(r: int) -> float:  # too large a rank for a bond counts as over the budget
+            try:
+                return t.formula(axes, rank=rank_of(r), **options)
+            except AdtnError:
+                return math.inf
+
+        if count(1) > budget * dense:
+            continue
+        lo, hi = 1, cap  # the largest r with count(r) <= budget (count grows with r)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if count(mid) <= budget * dense else (lo, mid - 1)
+        found.append(Candidate(dict(options), dict(axes), rank_of(lo), count(lo), ((svd_key(axes), lo),), "svd"))
+    return found
+
+
 def _chains(template: str, axes: dict[str, int], budget: float, dense: int, dmax: int, ts: tuple[int, ...],
             tag: str) -> list[Candidate]:
     found = []
@@ -230,6 +293,8 @@ def enumerate_candidates(template: str, axes: Mapping[str, int], budget: float, 
     default = _default(template, axes, budget, {"t": t} if semi and t is not None else {})
     found = [default] if default is not None else []
     variants = [(axes, "")] + ([(v, "padded") for v in _pad_variants(axes, dmax)] if pad else [])
+    if template != "kronecker":
+        found += _svd_like(template, axes, budget, dense, ts)
     for ax, tag in variants:
         if template == "kronecker":
             found += _kron(ax, budget, dense, tag)

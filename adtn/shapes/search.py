@@ -75,7 +75,8 @@ def _fmt(options: Mapping[str, Any]) -> str:
         return f"factors={tuple(dict(a).values())}x{tuple(dict(b).values())}"
     out, inn = options["modes"]
     t = f" t={options['t']}" if options.get("t") else ""
-    return f"modes={tuple(out)},{tuple(inn)}{t}"
+    kernel = f" kernel_with={options['kernel_with']}" if options.get("kernel_with") is not None else ""
+    return f"modes={tuple(out)},{tuple(inn)}{t}{kernel}"
 
 
 # ---------------------------------------------------------------------- errors of one candidate

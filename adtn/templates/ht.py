@@ -3,7 +3,10 @@
 Linear weight ``{"out": O, "in": I}`` with modes (o_k, i_k), k < d: leaf k, node ``leaf{k}``,
 is a frame with legs ``(o: o_k, i: i_k, r: r_k)``, carrying the pair like a TT-matrix core
 (Wu et al. 2020). Conv weight ``{"out", "in", "kh", "kw"}``: one more leaf, ``leaf{d}``, with
-legs ``(kh, kw, r)`` (the spatial kernel, kept whole), so the tree has d + 1 leaves.
+legs ``(kh, kw, r)`` (the spatial kernel, kept whole), so the tree has d + 1 leaves; or, with
+``kernel_with=k``, the kernel legs join leaf k (``(o, i, kh, kw, r)``) and the tree has d
+leaves: modes ``((O, 1), (1, C))`` with ``kernel_with=1`` are a truncated SVD of the (out,
+in*kh*kw) unfolding plus an r x r root.
 
 The tree over leaves 0..L-1 is the one of ``adtn.decompose.ht``: a node (a run of leaves)
 splits into its first len // 2 leaves and the rest, e.g. (0, 1, 2) -> (0,), (1, 2). An inner
@@ -32,6 +35,7 @@ from ..graph import TensorGraph
 from .factor import Bound, enforce_ranks, ranks_list, resolve_modes, weight_axes
 from .init_ht import init_ht
 from .registry import register
+from .tt import kernel_site
 
 __all__ = ["build_ht", "ht_params", "ht_tree"]
 
@@ -121,14 +125,19 @@ def _rank_dict(rank: Any, order: list[Node], names: list[str], root: Node, root_
     return ranks_list([by_key[n] for n in names], len(names), "ht")
 
 
-def _spec(axes: Mapping[str, int], rank: Any, modes: Any, d: int | None, clip: bool, options: dict) -> _Spec:
+def _spec(axes: Mapping[str, int], rank: Any, modes: Any, d: int | None, clip: bool, options: dict,
+          kernel_with: int | None = None) -> _Spec:
     if options:
-        raise TemplateError(f"ht: unknown options {sorted(options)}; valid: rank, modes, d, clip")
+        raise TemplateError(f"ht: unknown options {sorted(options)}; valid: rank, modes, d, clip, kernel_with")
     out, inn, spatial = weight_axes(axes, "ht")
     m = resolve_modes(axes, modes, d, "ht")
     leaves = [(f"leaf{k}", {"o": o, "i": i}, {"o": out, "i": inn}) for k, (o, i) in enumerate(zip(m[out], m[inn]))]
-    if spatial:
-        leaves.append((f"leaf{len(leaves)}", {ax: axes[ax] for ax in spatial}, {ax: ax for ax in spatial}))
+    kernel, kernel_axes = {ax: axes[ax] for ax in spatial}, {ax: ax for ax in spatial}
+    if kernel_with is not None:
+        k = kernel_site(kernel_with, len(leaves), bool(spatial), "ht", "leaf")
+        leaves[k] = (leaves[k][0], leaves[k][1] | kernel, leaves[k][2] | kernel_axes)
+    elif spatial:
+        leaves.append((f"leaf{len(leaves)}", kernel, kernel_axes))
     n = len(leaves)
     if n < 2:
         raise TemplateError(
@@ -179,10 +188,11 @@ def ht_params(
     modes: Any = None,
     d: int | None = None,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> int:
     """Parameters of ``build_ht``: leaves n_k * r_k, transfers r_a * r_b * r_t, root r_a * r_b."""
-    return _spec(axes, rank, modes, d, clip, options).num_params
+    return _spec(axes, rank, modes, d, clip, options, kernel_with).num_params
 
 
 @register("ht", formula=ht_params, init=init_ht)
@@ -193,6 +203,7 @@ def build_ht(
     modes: Any = None,
     d: int | None = None,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> TensorGraph:
     """Hierarchical Tucker over a balanced tree of (out_k, in_k) leaves (+ a (kh, kw) leaf for conv).
@@ -203,5 +214,6 @@ def build_ht(
         modes: ``(out_modes, in_modes)`` of equal length; balanced (``factorize``) when None.
         d: number of (out_k, in_k) leaves when ``modes`` is None (default: modes of about 8).
         clip: lower ranks larger than useful to the maximum instead of raising RankError.
+        kernel_with: conv only: the (out_k, in_k) leaf that carries the kernel legs (no kernel leaf).
     """
-    return _spec(axes, rank, modes, d, clip, options).graph()
+    return _spec(axes, rank, modes, d, clip, options, kernel_with).graph()

@@ -39,7 +39,8 @@ fewer than ``tr`` at a uniform rank. ``t=1`` gives exactly ``tt`` / ``tr``.
 
 Conv weight: as in ``tt``, a ``spatial`` core (kh, kw, r) comes first; only the bonds between
 channel cores are semi-tensor products (the kernel axes are kept whole), the bonds touching
-``spatial`` are ordinary ones of the full rank.
+``spatial`` are ordinary ones of the full rank. ``kernel_with=k`` puts the kernel legs on
+channel core k instead (no spatial core), as in ``tt``.
 
 Sizes that do not divide raise ShapeError naming the bond: a rank not divisible by t, or an
 in-mode of A not divisible by t.
@@ -61,12 +62,13 @@ from .tt import Chain, Site, bond_names, chain_bounds, chain_sites
 __all__ = ["build_semi_tr", "build_semi_tt", "semi_tr_params", "semi_tt_params"]
 
 
-def _semi_chain(axes, rank, modes, d, t, clip, ring: bool, where: str, options: dict) -> Chain:
+def _semi_chain(axes, rank, modes, d, t, clip, ring: bool, where: str, options: dict,
+                kernel_with: int | None = None) -> Chain:
     if options:
-        raise TemplateError(f"{where}: unknown options {sorted(options)}; valid: rank, modes, d, t, clip")
+        raise TemplateError(f"{where}: unknown options {sorted(options)}; valid: rank, modes, d, t, clip, kernel_with")
     if not isinstance(t, numbers.Integral) or isinstance(t, bool) or t < 1:
         raise TemplateError(f"{where}: t (the semi-tensor factor) must be a positive integer, got {t!r}")
-    sites = chain_sites(axes, modes, d, where)
+    sites = chain_sites(axes, modes, d, where, kernel_with)
     n = len(sites)
     if ring and n < 2:
         raise TemplateError(
@@ -132,10 +134,11 @@ def semi_tt_params(
     d: int | None = None,
     t: int = 2,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> int:
     """Parameters of ``build_semi_tt``: the sum of the stored core sizes (see the module doc)."""
-    return _semi_chain(axes, rank, modes, d, t, clip, False, "semi_tt", options).num_params
+    return _semi_chain(axes, rank, modes, d, t, clip, False, "semi_tt", options, kernel_with).num_params
 
 
 def semi_tr_params(
@@ -146,10 +149,11 @@ def semi_tr_params(
     d: int | None = None,
     t: int = 2,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> int:
     """Parameters of ``build_semi_tr``: the sum of the stored core sizes (see the module doc)."""
-    return _semi_chain(axes, rank, modes, d, t, clip, True, "semi_tr", options).num_params
+    return _semi_chain(axes, rank, modes, d, t, clip, True, "semi_tr", options, kernel_with).num_params
 
 
 @register("semi_tt", formula=semi_tt_params, init=init_semi_tt)
@@ -161,6 +165,7 @@ def build_semi_tt(
     d: int | None = None,
     t: int = 2,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> TensorGraph:
     """Semi-tensor train: the TT-matrix chain with cores joined by the semi-tensor product.
@@ -173,8 +178,11 @@ def build_semi_tt(
         d: number of channel cores when ``modes`` is None.
         t: the semi-tensor factor: bonds and in-modes are stored t times smaller.
         clip: lower ranks larger than useful (then to a multiple of t) instead of raising.
+        kernel_with: conv only: the channel core that carries the kernel legs (no spatial core);
+            with modes ``((O, 1), (t, C / t))`` and ``kernel_with=1`` the chain is exactly a
+            truncated SVD of the (out, in*kh*kw) unfolding at rank / t.
     """
-    return _semi_chain(axes, rank, modes, d, t, clip, False, "semi_tt", options).graph("semi_tt")
+    return _semi_chain(axes, rank, modes, d, t, clip, False, "semi_tt", options, kernel_with).graph("semi_tt")
 
 
 @register("semi_tr", formula=semi_tr_params, init=init_semi_tr)
@@ -186,6 +194,7 @@ def build_semi_tr(
     d: int | None = None,
     t: int = 2,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> TensorGraph:
     """Semi-tensor ring: ``semi_tt`` closed by a semi-tensor bond from the last core to the first.
@@ -193,4 +202,4 @@ def build_semi_tr(
     Same arguments as ``build_semi_tt``; every in mode must divide by ``t`` (linear), and the
     last rank is the closing bond's.
     """
-    return _semi_chain(axes, rank, modes, d, t, clip, True, "semi_tr", options).graph("semi_tr")
+    return _semi_chain(axes, rank, modes, d, t, clip, True, "semi_tr", options, kernel_with).graph("semi_tr")

@@ -10,7 +10,10 @@ parameter count is exact); in ``tr`` every core has both and ``core{d-1}.r`` bon
 Conv weight ``{"out", "in", "kh", "kw"}`` (Garipov et al. 2016): a spatial core
 ``spatial`` with legs ``(kh, kw, r)`` comes first, then the channel cores ``core0...`` as
 above (``(l, o: cout_k, i: cin_k, r)``); in ``tr`` the spatial core gets an ``l`` too and
-closes the ring.
+closes the ring. ``kernel_with=k`` puts the kernel legs on channel core k instead
+(``(l, o, i, kh, kw, r)``, no spatial core): with modes ``((O, 1), (1, C))`` and
+``kernel_with=1`` the TT is exactly a truncated SVD of the (out, in*kh*kw) unfolding, the
+shape search's floor.
 
 Ranks: an int (every bond) or one per bond, in chain order ``spatial -- core0 -- core1 ...``
 (for ``tr`` the last one is the closing bond). A rank larger than useful raises RankError
@@ -38,6 +41,7 @@ __all__ = [
     "build_tt",
     "chain_bounds",
     "chain_sites",
+    "kernel_site",
     "outputs_of",
     "tr_params",
     "tt_params",
@@ -91,17 +95,32 @@ def chain_sites(
     modes: Any = None,
     d: int | None = None,
     where: str = "tt",
+    kernel_with: int | None = None,
 ) -> list[Site]:
     """The sites of a TT-matrix chain: ``spatial`` (conv only), then ``core0 ... core{d-1}``
-    with open legs ``o`` (on the out axis) and ``i`` (on the in axis)."""
+    with open legs ``o`` (on the out axis) and ``i`` (on the in axis); with ``kernel_with=k``
+    the kernel legs join core k and there is no spatial core."""
     out, inn, spatial = weight_axes(axes, where)
     m = resolve_modes(axes, modes, d, where)
-    sites = []
-    if spatial:
-        sites.append(Site("spatial", {ax: axes[ax] for ax in spatial}, {ax: ax for ax in spatial}))
-    for k, (o, i) in enumerate(zip(m[out], m[inn])):
-        sites.append(Site(f"core{k}", {"o": o, "i": i}, {"o": out, "i": inn}))
+    sites = [Site(f"core{k}", {"o": o, "i": i}, {"o": out, "i": inn}) for k, (o, i) in enumerate(zip(m[out], m[inn]))]
+    kernel = {ax: axes[ax] for ax in spatial}
+    if kernel_with is None:
+        return ([Site("spatial", kernel, {ax: ax for ax in spatial})] if spatial else []) + sites
+    k = kernel_site(kernel_with, len(sites), bool(spatial), where, "core")
+    sites[k] = Site(sites[k].node, sites[k].legs | kernel, sites[k].axes | {ax: ax for ax in spatial})
     return sites
+
+
+def kernel_site(kernel_with: Any, n: int, conv: bool, where: str, what: str) -> int:
+    """``kernel_with`` checked: the index of the channel core (or leaf) that takes the kernel legs."""
+    if not conv:
+        raise TemplateError(f"{where}: kernel_with={kernel_with!r} needs a conv weight (kh, kw axes), got a linear one")
+    if not isinstance(kernel_with, int) or isinstance(kernel_with, bool) or not 0 <= kernel_with < n:
+        raise TemplateError(
+            f"{where}: kernel_with must be the index of a channel {what}, 0..{n - 1} "
+            f"({what}0..{what}{n - 1}), got {kernel_with!r}"
+        )
+    return kernel_with
 
 
 def outputs_of(axes: Mapping[str, int], sites: Sequence[Site]) -> dict[str, list[str]]:
@@ -149,10 +168,10 @@ def chain_bounds(sizes: Sequence[int], nodes: Sequence[str], ring: bool, right_f
     return bounds
 
 
-def _chain(axes, rank, modes, d, clip, ring: bool, where: str, options: dict) -> Chain:
+def _chain(axes, rank, modes, d, clip, ring: bool, where: str, options: dict, kernel_with: int | None) -> Chain:
     if options:
-        raise TemplateError(f"{where}: unknown options {sorted(options)}; valid: rank, modes, d, clip")
-    sites = chain_sites(axes, modes, d, where)
+        raise TemplateError(f"{where}: unknown options {sorted(options)}; valid: rank, modes, d, clip, kernel_with")
+    sites = chain_sites(axes, modes, d, where, kernel_with)
     n = len(sites)
     if ring and n < 2:
         raise TemplateError(
@@ -178,10 +197,11 @@ def tt_params(
     modes: Any = None,
     d: int | None = None,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> int:
     """Parameters of ``build_tt``: sum over cores of r_{k-1} * (modes of core k) * r_k, r_0 = r_d = 1."""
-    return _chain(axes, rank, modes, d, clip, False, "tt", options).num_params
+    return _chain(axes, rank, modes, d, clip, False, "tt", options, kernel_with).num_params
 
 
 def tr_params(
@@ -191,10 +211,11 @@ def tr_params(
     modes: Any = None,
     d: int | None = None,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> int:
     """Parameters of ``build_tr``: sum over cores of r_{k-1} * (modes of core k) * r_k, r_0 = r_d."""
-    return _chain(axes, rank, modes, d, clip, True, "tr", options).num_params
+    return _chain(axes, rank, modes, d, clip, True, "tr", options, kernel_with).num_params
 
 
 @register("tt", formula=tt_params, init=init_tt)
@@ -205,6 +226,7 @@ def build_tt(
     modes: Any = None,
     d: int | None = None,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> TensorGraph:
     """Tensor train: a TT-matrix (linear) or spatial core + TT-matrix (conv) chain.
@@ -215,8 +237,9 @@ def build_tt(
         modes: ``(out_modes, in_modes)`` of equal length; balanced (``factorize``) when None.
         d: number of channel cores when ``modes`` is None (default: modes of about 8).
         clip: lower ranks larger than useful to the maximum instead of raising RankError.
+        kernel_with: conv only: the channel core that carries the kernel legs (no spatial core).
     """
-    return _chain(axes, rank, modes, d, clip, False, "tt", options).graph("tt")
+    return _chain(axes, rank, modes, d, clip, False, "tt", options, kernel_with).graph("tt")
 
 
 @register("tr", formula=tr_params, init=init_tr)
@@ -227,6 +250,7 @@ def build_tr(
     modes: Any = None,
     d: int | None = None,
     clip: bool = False,
+    kernel_with: int | None = None,
     **options: Any,
 ) -> TensorGraph:
     """Tensor ring: the TT chain closed by a bond from the last core to the first.
@@ -234,4 +258,4 @@ def build_tr(
     Same arguments as ``build_tt``; one rank per bond is d (linear) or d + 1 (conv) ranks,
     the last being the closing bond. A linear ring needs d >= 2 cores.
     """
-    return _chain(axes, rank, modes, d, clip, True, "tr", options).graph("tr")
+    return _chain(axes, rank, modes, d, clip, True, "tr", options, kernel_with).graph("tr")
