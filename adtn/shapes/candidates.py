@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,20 +227,27 @@ def _svd_like(template: str, axes: dict[str, int], budget: float, dense: int,
     cap = min(axes[next(iter(axes))], dense // axes[next(iter(axes))])
     found = []
     for options, rank_of in _svd_shapes(template, axes, ts):
-        def count(r: int) -> float:  # too large a rank for a bond counts as over the budget
-            try:
-                return t.formula(axes, rank=rank_of(r), **options)
-            except AdtnError:
-                return math.inf
-
-        if count(1) > budget * dense:
-            continue
-        lo, hi = 1, cap  # the largest r with count(r) <= budget (count grows with r)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if count(mid) <= budget * dense else (lo, mid - 1)
-        found.append(Candidate(dict(options), dict(axes), rank_of(lo), count(lo), ((svd_key(axes), lo),), "svd"))
+        r = _largest(lambda r, o=options, f=rank_of: t.formula(axes, rank=f(r), **o), cap, budget * dense)
+        if r:
+            found.append(Candidate(dict(options), dict(axes), rank_of(r), t.formula(axes, rank=rank_of(r), **options),
+                                   ((svd_key(axes), r),), "svd"))
     return found
+
+
+def _largest(count: Callable[[int], int], cap: int, limit: float) -> int:
+    """The largest r in 1..cap with count(r) <= limit (count grows with r; a rank too large for a
+    bond counts as over), or 0."""
+    def fits(r: int) -> bool:
+        try:
+            return count(r) <= limit
+        except AdtnError:
+            return False
+
+    lo, hi = 0, cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 def _chains(template: str, axes: dict[str, int], budget: float, dense: int, dmax: int, ts: tuple[int, ...],
