@@ -100,6 +100,19 @@ def _orth(y: Tensor) -> Tensor:
     return y
 
 
+def _contract_run(dense: Tensor, a: int, c: int, b: int, omega: Tensor) -> Tensor:
+    """(a, c, b) x (c, k) -> (a, k, b) in one GEMM on the weight's own layout: a trailing run b of
+    at most 4 goes into the GEMM as omega (x) I_b (b times the FLOPs, but 4-7x faster than a
+    batched matmul of a thin (c, b) slices, measured on 2 cores)."""
+    k = omega.shape[1]
+    if b == 1:
+        return dense.reshape(a, c) @ omega
+    if a > 1 and b <= 4:
+        eye = torch.eye(b, dtype=omega.dtype, device=omega.device)
+        return (dense.reshape(a, c * b) @ torch.kron(omega, eye)).reshape(a, k, b)
+    return torch.matmul(omega.mT, dense.reshape(a, c, b))
+
+
 class Unfoldings:
     """The singular-value information of one weight's unfoldings, computed once per key."""
 
@@ -158,7 +171,7 @@ class Unfoldings:
         m = self.matrix(key)  # (p, q), p <= q
         k = min(m.shape[0], r + OVERSAMPLE)
         y = m @ _gauss(m.shape[1], k, 7919 + k, m)
-        y = m @ (m.mT @ _orth(y))
+        y = m @ (_orth(y).mT @ m).mT  # Q^T M, not M^T Q: a transposed GEMM with few columns is ~10x slower
         b = _orth(y).mT @ m
         gram = (b @ b.mT).double()
         with single_thread():
@@ -204,9 +217,7 @@ class Unfoldings:
         a, c, b = math.prod(sizes[:first]), sizes[first], math.prod(sizes[first + 1:])
         sig = (a, c, b, k)
         if self._first is None or self._first[0] != sig:
-            omega = _gauss(c, k, hash(sig) % 2**31, self.dense)
-            x = self.dense.reshape(a, c) @ omega if b == 1 else torch.matmul(omega.mT, self.dense.reshape(a, c, b))
-            self._first = (sig, x)
+            self._first = (sig, _contract_run(self.dense, a, c, b, _gauss(c, k, hash(sig) % 2**31, self.dense)))
         j = "z"
         x = self._first[1].reshape(sizes[:first] + [k] + sizes[first + 1:])
         dims = labels[:first] + [j] + labels[first + 1:]

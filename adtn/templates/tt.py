@@ -22,6 +22,7 @@ naming the bond and the maximum; ``clip=True`` lowers it to that maximum instead
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -99,7 +100,21 @@ def chain_sites(
 ) -> list[Site]:
     """The sites of a TT-matrix chain: ``spatial`` (conv only), then ``core0 ... core{d-1}``
     with open legs ``o`` (on the out axis) and ``i`` (on the in axis); with ``kernel_with=k``
-    the kernel legs join core k and there is no spatial core."""
+    the kernel legs join core k and there is no spatial core. Memoised for hashable arguments
+    (the budget search counts thousands of ranks on the same modes); the sites are shared, so
+    callers copy a site's legs before changing them."""
+    try:
+        return list(_cached_sites(tuple(axes.items()), modes, d, where, kernel_with))
+    except TypeError:  # unhashable modes (lists, dicts)
+        return _sites(axes, modes, d, where, kernel_with)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_sites(axes: tuple, modes: Any, d: int | None, where: str, kernel_with: Any) -> tuple[Site, ...]:
+    return tuple(_sites(dict(axes), modes, d, where, kernel_with))
+
+
+def _sites(axes: Mapping[str, int], modes: Any, d: int | None, where: str, kernel_with: Any) -> list[Site]:
     out, inn, spatial = weight_axes(axes, where)
     m = resolve_modes(axes, modes, d, where)
     sites = [Site(f"core{k}", {"o": o, "i": i}, {"o": out, "i": inn}) for k, (o, i) in enumerate(zip(m[out], m[inn]))]
