@@ -13,24 +13,29 @@ error of ``shape="auto"``, of the fixed rule (``shape="default"``) and, at the p
 used, of the truncated SVD of the (out, in*kh*kw) unfolding and, for kernels, of Tucker-2
 (HOSVD at the largest equal ranks that fit).
 
-Run: ``python benchmarks/shape_search.py [--small] [--skip-time] [--skip-model]`` (about two
-minutes on 2 cores; ``--small`` quarter-size weights in part 1).
+Run: ``python benchmarks/shape_search.py [--small] [--skip-time] [--skip-model] [--repeat N]``
+(about two minutes on 2 cores; ``--small`` quarter-size weights in part 1). Prints both tables
+and writes them as the section ``## Shape search`` of ``--out`` (default docs/results.md;
+``--out -`` writes nothing).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _results import machine, write_section
 from torch import nn
 
 import adtn
-from adtn.shapes import search
+from adtn.shapes import SEARCHABLE, search
 
-TEMPLATES = ("kronecker", "tt", "tr", "ht")
+HEADING = "## Shape search (issue 8)"
 
 
 def weight(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,23 +76,31 @@ def tucker2_error(w: torch.Tensor, params: int) -> float | None:
     return float((approx - w).norm() / w.norm())
 
 
-def timing(small: bool, budget: float, templates: tuple[str, ...]) -> None:
+def timing(small: bool, budget: float, templates: tuple[str, ...], repeat: int) -> list[str]:
     div = 4 if small else 1
-    print(f"## search time, budget {budget}, {torch.get_num_threads()} threads\n")
-    print("| weight | template | wall s | cpu s | candidates | auto err | default err | SVD err | chosen |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    lines = [(f"Search time at budget {budget}, {torch.get_num_threads()} threads, best and median of {repeat} "
+             "runs (wall seconds; goal < 2 s each). Errors are the search's bounds (these weights are too big to "
+             "decompose during the search); SVD: the exact truncated SVD of (out, in*kh*kw) at the same budget."), "",
+             "| weight | template | best s | median s | candidates | auto err | default err | SVD err | chosen |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    print("\n".join(lines), flush=True)
     for shape in ((512 // div, 512 // div, 3, 3), (4096 // div, 4096 // div)):
         w, spectrum = weight(shape)
         axes = dict(zip(("out", "in", "kh", "kw"), shape))
         svd = svd_error(w, int(budget * w.numel()), spectrum)
         for template in templates:
-            t0, c0 = time.perf_counter(), time.process_time()
-            c = search(template, w, axes, budget)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            walls = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                c = search(template, w, axes, budget)
+                walls.append(time.perf_counter() - t0)
             default = "-" if c.default_error is None else f"{c.default_error:.4f}"
             shape_text = c.summary().split(" err=")[0]
-            print(f"| {'x'.join(map(str, shape))} | {template} | {wall:.2f} | {cpu:.2f} | {c.candidates} | "
-                  f"{c.error:.4f} | {default} | {svd:.4f} | {shape_text} |", flush=True)
+            lines.append(f"| {'x'.join(map(str, shape))} | {template} | {min(walls):.2f} | "
+                         f"{statistics.median(walls):.2f} | {c.candidates} | {c.error:.4f} | {default} | {svd:.4f} | "
+                         f"{shape_text} |")
+            print(lines[-1], flush=True)
+    return lines
 
 
 def trained_lenet(epochs: int = 2) -> nn.Module:
@@ -106,11 +119,14 @@ def trained_lenet(epochs: int = 2) -> nn.Module:
     return model.eval()
 
 
-def errors(budget: float, templates: tuple[str, ...]) -> None:
+def errors(budget: float, templates: tuple[str, ...]) -> list[str]:
     model = trained_lenet()
-    print(f"\n## trained LeNet-5 (MNIST 5k, 2 epochs), each layer at budget {budget}\n")
-    print("| layer | weight | template | params | auto err | default err | SVD err | Tucker-2 err | chosen |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    lines = [(f"Trained LeNet-5 (MNIST 5k, 2 epochs), each layer at budget {budget}: weight errors of shape=\"auto\", "
+             "of the fixed rule (shape=\"default\") and, at the parameters auto used, of the truncated SVD of "
+             "(out, in*kh*kw) and (kernels) Tucker-2."), "",
+             "| layer | weight | template | params | auto err | default err | SVD err | Tucker-2 err | chosen |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    print("\n".join(lines), flush=True)
     for name, layer in model.named_modules():
         if not isinstance(layer, (nn.Linear, nn.Conv2d)):
             continue
@@ -120,14 +136,17 @@ def errors(budget: float, templates: tuple[str, ...]) -> None:
                 auto = adtn.encode(layer, template, budget=budget)
                 fixed = adtn.encode(layer, template, budget=budget, shape="default")
             except adtn.AdtnError as err:
-                print(f"| {name} | {'x'.join(map(str, w.shape))} | {template} | - | - | - | - | - | {err} |")
+                lines.append(f"| {name} | {'x'.join(map(str, w.shape))} | {template} | - | - | - | - | - | {err} |")
+                print(lines[-1], flush=True)
                 continue
             rel = [float((m.weight.detach() - w).norm() / w.norm()) for m in (auto, fixed)]
             t2 = tucker2_error(w, auto.num_tn_params)
             chosen = auto.shape_choice.summary().split(" err=")[0]
-            print(f"| {name} | {'x'.join(map(str, w.shape))} | {template} | {auto.num_tn_params:,} | {rel[0]:.4f} | "
-                  f"{rel[1]:.4f} | {svd_error(w, auto.num_tn_params):.4f} | "
-                  f"{'-' if t2 is None else f'{t2:.4f}'} | {chosen} |", flush=True)
+            lines.append(f"| {name} | {'x'.join(map(str, w.shape))} | {template} | {auto.num_tn_params:,} | "
+                         f"{rel[0]:.4f} | {rel[1]:.4f} | {svd_error(w, auto.num_tn_params):.4f} | "
+                         f"{'-' if t2 is None else f'{t2:.4f}'} | {chosen} |")
+            print(lines[-1], flush=True)
+    return lines
 
 
 def main() -> None:
@@ -136,16 +155,22 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.05, help="budget of the timing part")
     parser.add_argument("--model-budget", type=float, default=0.25, help="budget of each trained layer")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--templates", default=",".join(TEMPLATES))
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per search")
+    parser.add_argument("--templates", default=",".join(SEARCHABLE))
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--out", default="docs/results.md", help="results file ('-': write nothing)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     templates = tuple(args.templates.split(","))
+    body = [f"Run {time.strftime('%Y-%m-%d')} on {machine()}: `python benchmarks/shape_search.py`.", ""]
     if not args.skip_time:
-        timing(args.small, args.budget, templates)
+        body += timing(args.small, args.budget, templates, args.repeat) + [""]
     if not args.skip_model:
-        errors(args.model_budget, templates)
+        body += errors(args.model_budget, templates)
+    if args.out != "-" and not args.small:
+        write_section(Path(args.out), HEADING, "\n".join(body))
+        print(f"wrote section {HEADING!r} of {args.out}")
 
 
 if __name__ == "__main__":

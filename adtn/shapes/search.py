@@ -131,7 +131,9 @@ def search(
     the SVD-like ones get a randomized bound that is tight up to a few percent and, when the
     weight has at most 2**18 entries, are decomposed for real; the lowest measured error wins
     (or the lowest output error on ``inputs`` when given), so ``auto`` is never worse than the
-    default shape or, where the format has one, the truncated SVD at the same budget.
+    default shape or than the truncated SVD of (out, in*kh*kw) at the same parameter count:
+    every format holds that SVD in one of its shapes (``candidates._svd_like``), except a
+    linear ``semi_tr`` at a given t >= 2.
 
     Args:
         template: one of ``SEARCHABLE``.
