@@ -94,10 +94,11 @@ def test_auto_never_worse_than_default(template, name):
 
 
 @pytest.mark.parametrize("template", SEARCHABLE)
-@pytest.mark.parametrize("shape", [(96, 64), (32, 24, 3, 3), (20, 6, 5)], ids=["linear", "conv2d", "conv1d"])
+@pytest.mark.parametrize("shape", [(96, 64), (32, 24, 3, 3), (16, 6, 5, 5), (20, 6, 5)],
+                         ids=["linear", "conv2d", "conv5x5", "conv1d"])
 def test_auto_never_worse_than_truncated_svd(template, shape):
     g = torch.Generator().manual_seed(2)
-    m = torch.randn(shape[0], 12, generator=g) @ torch.randn(12, math.prod(shape[1:]), generator=g)
+    m = torch.randn(shape[0], 6, generator=g) @ torch.randn(6, math.prod(shape[1:]), generator=g)
     w = (m + 0.3 * torch.randn(m.shape, generator=g)).reshape(shape)  # low rank plus noise: the SVD is good
     axes = dict(zip(("out", "in", "kh", "kw") if len(shape) != 3 else ("out", "in", "kw"), shape))
     choice = search(template, w, axes, budget=0.2)

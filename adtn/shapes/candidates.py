@@ -28,8 +28,9 @@ unfolding written in the template's own format, at the largest rank R within the
 - ``semi_tr`` on a conv kernel: the same modes with the spatial core last in the ring, ranks
   [1, t R, kh kw] (+ kh kw squared entries). A linear ``semi_tr`` at t >= 2 cannot hold it: its
   closing bond puts I_t on the out core, so the right factor is block-diagonal with t
-  repeated blocks. There, and wherever t divides no in size, the floor is the ring at t = 1
-  when t is the search's to choose (``semi_tr`` at t = 1 is ``tr``).
+  repeated blocks. There, wherever no t >= 2 shape fits the budget, and for every ``semi_tr``
+  (whose spatial core can cost more than one rank of the SVD), the ring or chain at t = 1 joins
+  when t is the search's to choose (``semi_tr`` at t = 1 is ``tr``, ``semi_tt`` is ``tt``).
 """
 
 from __future__ import annotations
@@ -194,44 +195,52 @@ def _chain(template: str, axes: dict[str, int], modes: Any, extra: dict, rank: A
                      tag or ("svd" if svd else ""))
 
 
-def _svd_shapes(template: str, axes: dict[str, int], ts: tuple[int | None, ...]) -> list[tuple[dict, Any]]:
-    """(build options, R -> rank) of the template's truncated-SVD shapes (see the module doc)."""
+def _svd_shapes(template: str, axes: dict[str, int], ts: tuple[int | None, ...]
+                ) -> tuple[list[tuple[dict, Any]], list[tuple[dict, Any]]]:
+    """(build options, R -> rank) of the template's truncated-SVD shapes (see the module doc), and
+    the fallbacks at t = 1 of the semi-tensor templates when t is the search's to choose."""
     out, inn, spatial = weight_axes(axes, "shape search")
     o, i = axes[out], axes[inn]
     merge = {"kernel_with": 1} if spatial else {}
     if template in ("tt", "ht"):
-        return [({"modes": ((o, 1), (1, i)), **merge}, lambda r: r)]
+        return [({"modes": ((o, 1), (1, i)), **merge}, lambda r: r)], []
     if template == "tr":
-        return [({"modes": ((o, 1), (1, i)), **merge}, lambda r: [r, 1])]
+        return [({"modes": ((o, 1), (1, i)), **merge}, lambda r: [r, 1])], []
     kernel = math.prod(axes[ax] for ax in spatial)
     found: list[tuple[dict, Any]] = []
     for t in ts:
-        if t is None or i % t or t == 1:
+        if t is None or t == 1 or i % t:
             continue
         modes = ((o, 1), (t, i // t))
         if template == "semi_tt":
             found.append(({"modes": modes, "t": t, **merge}, lambda r, t=t: t * r))
-        elif spatial:
+        elif spatial:  # the spatial core last in the ring: + kernel**2 entries
             found.append(({"modes": modes, "t": t}, lambda r, t=t: [1, t * r, kernel]))
-    if not found and (ts == SEMI_T or 1 in ts):  # t free (or 1): the plain chain / ring at t = 1
-        found.append(({"modes": ((o, 1), (1, i)), "t": 1, **merge},
-                      (lambda r: r) if template == "semi_tt" else (lambda r: [r, 1])))
-    return found
+    plain = ({"modes": ((o, 1), (1, i)), "t": 1, **merge}, (lambda r: r) if template == "semi_tt" else (lambda r: [r, 1]))
+    return found, [plain] if ts == SEMI_T or 1 in ts else []
 
 
 def _svd_like(template: str, axes: dict[str, int], budget: float, dense: int,
               ts: tuple[int | None, ...]) -> list[Candidate]:
     """The template's truncated-SVD shapes at the largest R within ``budget``, tagged ``svd``:
-    the approximation is the truncated SVD itself, so its bound is the unfolding's tail at R."""
+    the approximation is the truncated SVD itself, so its bound is the unfolding's tail at R.
+    The t = 1 fallback joins when no t >= 2 shape fits, and always for ``semi_tr`` (whose t >= 2
+    conv shape pays kh kw squared entries, more than one rank of the SVD on small kernels)."""
     t = get(template)
     cap = min(axes[next(iter(axes))], dense // axes[next(iter(axes))])
-    found = []
-    for options, rank_of in _svd_shapes(template, axes, ts):
-        r = _largest(lambda r, o=options, f=rank_of: t.formula(axes, rank=f(r), **o), cap, budget * dense)
-        if r:
-            found.append(Candidate(dict(options), dict(axes), rank_of(r), t.formula(axes, rank=rank_of(r), **options),
-                                   ((svd_key(axes), r),), "svd"))
-    return found
+
+    def sized(shapes: list[tuple[dict, Any]]) -> list[Candidate]:
+        found = []
+        for options, rank_of in shapes:
+            r = _largest(lambda r, o=options, f=rank_of: t.formula(axes, rank=f(r), **o), cap, budget * dense)
+            if r:
+                found.append(Candidate(dict(options), dict(axes), rank_of(r),
+                                       t.formula(axes, rank=rank_of(r), **options), ((svd_key(axes), r),), "svd"))
+        return found
+
+    shapes, fallback = _svd_shapes(template, axes, ts)
+    found = sized(shapes)
+    return found + (sized(fallback) if not found or template == "semi_tr" else [])
 
 
 def _largest(count: Callable[[int], int], cap: int, limit: float) -> int:
