@@ -133,7 +133,8 @@ def search(
     (or the lowest output error on ``inputs`` when given), so ``auto`` is never worse than the
     default shape or than the truncated SVD of (out, in*kh*kw) at the same parameter count:
     every format holds that SVD in one of its shapes (``candidates._svd_like``), except a
-    linear ``semi_tr`` at a given t >= 2.
+    linear ``semi_tr`` at a given t >= 2; ``ht`` holds it plus an R x R root, so at ranks with
+    R^2 > out + in*kh*kw (large budgets) the SVD at its parameter count keeps a rank more.
 
     Args:
         template: one of ``SEARCHABLE``.
@@ -170,7 +171,10 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
         keys = {options_key(c) for c in candidates}
         cands = [c for c in cands if options_key(c.options) in keys]
     if not cands:
-        raise RankError(f"shape search: no {template!r} shape fits budget {budget} of {dense.numel():,} parameters")
+        out = dense.shape[0]
+        raise RankError(f"shape search: no {template!r} shape fits budget {budget} of {dense.numel():,} parameters "
+                        f"({budget * dense.numel():,.1f}); even a rank-1 truncated SVD needs "
+                        f"{out + dense.numel() // out:,}: raise the budget or keep this layer dense")
     if dense.numel() > BIG_NUMEL and len(cands) > MAX_SCREENED:
         cands = _shortlist(cands, MAX_SCREENED)
     unfoldings: dict[tuple, Unfoldings] = {}
