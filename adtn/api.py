@@ -260,6 +260,9 @@ def _same_structure(a: Any, b: Any) -> bool:
     return a == b
 
 
+POOR_FIT = 0.5  # a fitted init with a larger relative weight error is reported
+
+
 def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_options: Mapping | None = None) -> None:
     """Set ``layer.tn`` from a dense weight, in place.
 
@@ -288,7 +291,12 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
         warnings.warn(f"{type(layer).__name__}: no initialiser for template {t.name!r} and adtn.fit is not "
                       "available: the layer keeps its random init", stacklevel=3)
         return
-    fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **dict(fit_options or {}))
+    result = fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **dict(fit_options or {}))
+    if result.rel_error > POOR_FIT:
+        warnings.warn(f"{type(layer).__name__}: fitting {t.name!r} to the weight stopped at relative error "
+                      f"{result.rel_error:.3f} ({result.stop} after {result.steps} steps): the layer does not reproduce "
+                      "the dense one; train it (adtn.finetune, distillation from the dense model) or pass "
+                      "init='random' to skip the fit", stacklevel=3)
 
 
 def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes, init, options):

@@ -41,6 +41,7 @@ def fit_calls(monkeypatch):
 
     def fake_fit(module, dense, **options):
         calls.append((module, dense.shape, options))
+        return adtn.fitting.FitResult(0.0, 0, converged=True, stop="target")
 
     monkeypatch.setattr(adtn.fitting, "fit", fake_fit)
     return calls
@@ -112,6 +113,13 @@ def test_fit_is_the_fallback_and_takes_options(tt_without_init, fit_calls):
     assert fit_calls[0][2] == {"steps": 3}
     encode(nn.Linear(32, 24), "tt", rank=2, init="random")
     assert len(fit_calls) == 2
+
+
+def test_a_poor_fitted_init_is_reported():
+    # ADTN at 10% of a random weight cannot reproduce it: the fit levels off near error 1
+    lin = nn.Linear(64, 32)
+    with pytest.warns(UserWarning, match=r"fitting 'adtn' to the weight stopped at relative error 0\.9\d+ \(plateau"):
+        encode(lin, "adtn", budget=0.1)
 
 
 def test_fit_really_fits():

@@ -32,6 +32,22 @@ def test_fit_stops_early():
     assert result.converged and result.steps < 5000 and result.rel_error <= 0.5
 
 
+def test_fit_stops_on_a_plateau():
+    # rank 1 cannot represent a random 24 x 24 target: the error levels off well above the target
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(24, 24, generator=g, dtype=torch.float64)
+    m = adtn.compile(tt_graph(rank=1), dtype=torch.float64, seed=2)
+    result = fit(m, target, steps=5000, lr=0.05, patience=100)
+    assert result.stop == "plateau" and result.steps < 5000 and not result.converged
+    full = fit(adtn.compile(tt_graph(rank=1), dtype=torch.float64, seed=2), target, steps=600, lr=0.05, patience=None)
+    assert full.stop == "steps" and full.steps == 600
+    assert result.rel_error <= full.rel_error * 1.01  # what the plateau stop gave up is under 1%
+    reached = fit(adtn.compile(tt_graph(), dtype=torch.float64, seed=2),
+                  adtn.compile(tt_graph(), dtype=torch.float64, seed=1).dense().detach(), steps=5000, lr=0.05,
+                  target=0.5)
+    assert reached.stop == "target"
+
+
 def test_fit_bad_input():
     m = adtn.compile(tt_graph())
     with pytest.raises(ShapeError, match=r"target of shape \(3, 3\) does not match the network's dense shape \(24, 24\)"):
@@ -40,5 +56,7 @@ def test_fit_bad_input():
         fit(m, torch.full((24, 24), float("nan")))
     with pytest.raises(AdtnError, match="lr > 0"):
         fit(m, torch.zeros(24, 24), lr=0)
+    with pytest.raises(AdtnError, match="patience must be None or >= 1"):
+        fit(m, torch.zeros(24, 24), patience=0)
     with pytest.raises(AdtnError, match="has no dense"):
         fit(torch.nn.Linear(2, 2), torch.zeros(2, 2))
