@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -15,6 +17,26 @@ def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"{os.cpu_count()}-core CPU ({platform.machine()}, {platform.system()}), torch {torch.__version__}"
+
+
+def repro_parser(doc: str, full: str, smoke: str | None = None) -> argparse.ArgumentParser:
+    """The options every reproduction takes: ``--full`` (help ``full``), ``--smoke`` (when
+    ``smoke`` is its help), ``--out`` (the results file) and ``--threads``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help=full)
+    if smoke is not None:
+        parser.add_argument("--smoke", action="store_true", help=smoke)
+    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed options, with ``--threads`` applied."""
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def write_section(path: Path, heading: str, body: str) -> None:

@@ -20,15 +20,13 @@ The table is printed and written as the section ``## ADTN`` of ``--out`` (other 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from _results import machine, write_section
+from _results import machine, parse, repro_parser, write_section
 from torch import nn
 
 import adtn
@@ -110,14 +108,9 @@ def fc2_runs(dense_epochs: int, epochs: int, seeds: tuple[int, ...], lr: float) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="60 epochs, three seeds for every row, mean ± std")
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    parser = repro_parser(__doc__, "60 epochs, three seeds for every row, mean ± std")
     parser.add_argument("--epochs", type=int, default=None, help="ADTN fine-tuning epochs (default 30; --full 60)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser, argv)
     dense_epochs, epochs, seeds = (15, 60, (0, 1, 2)) if args.full else (15, 30, (0,))
     epochs = args.epochs or epochs
     start = time.perf_counter()

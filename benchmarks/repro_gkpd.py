@@ -22,16 +22,14 @@ section ``## GKPD`` of ``--out``, beside METHODS.md's numbers on a trained 64x32
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import math
 import time
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
-from _results import machine, write_section
+from _results import machine, parse, repro_parser, write_section
 from torch import Tensor, nn
 
 import adtn
@@ -157,11 +155,9 @@ def rows_for(w: Tensor) -> list[tuple[str, int, float, float | None]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="train the CNN longer, three seeds")
+    parser = repro_parser(__doc__, "train the CNN longer, three seeds")
     parser.add_argument("--synthetic", action="store_true", help="a rank-16-plus-noise kernel, no training")
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     start = time.perf_counter()
     epochs, seeds = (10, (0, 1, 2)) if args.full else (3, (0,))
     results, notes, cnn_lines = [], [], []

@@ -22,17 +22,15 @@ The tables are printed and written as the section ``## HT vs TT and the hybrid``
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import datetime
 import statistics
 import time
 import warnings
-from pathlib import Path
 
 import torch
-from _results import machine, write_section
+from _results import machine, parse, repro_parser, write_section
 from repro_stt import rel_error
 from torch import nn
 
@@ -251,16 +249,11 @@ def reading(fc1: list[Run], lenet: list[Run], layers: list[str], fc2_dense: floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="15 fine-tuning epochs, budgets 5%% and 10%%, three seeds")
-    parser.add_argument("--smoke", action="store_true", help="a 512/256-image subset, one epoch each (seconds)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    parser = repro_parser(__doc__, "15 fine-tuning epochs, budgets 5%% and 10%%, three seeds",
+                          "a 512/256-image subset, one epoch each (seconds)")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 5 for FC-2, 8 for "
                         "LeNet-5; --full 15)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser, argv)
     if args.full:
         dense_epochs, fc_epochs, lenet_epochs, seeds, lenet_budgets = 15, 15, 15, (0, 1, 2), (0.05, 0.1)
     elif args.smoke:

@@ -25,16 +25,14 @@ The table is printed and written as the section ``## MTD`` of ``--out`` (other s
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from _results import machine, write_section
+from _results import machine, parse, repro_parser, write_section
 from torch import nn
 
 import adtn
@@ -209,14 +207,9 @@ def reading(results: list[dict], dense_acc: float, n_test: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="MNIST 5k at 28x28, longer training (about 6 minutes)")
-    parser.add_argument("--smoke", action="store_true", help="a tiny subset, one epoch each (seconds; for tests)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser = repro_parser(__doc__, "MNIST 5k at 28x28, longer training (about 6 minutes)",
+                          "a tiny subset, one epoch each (seconds; for tests)")
+    args = parse(parser, argv)
     s = SMOKE if args.smoke else FULL if args.full else DEFAULT
     start = time.perf_counter()
     lines, results, dense_acc, n_test = run(s)

@@ -23,16 +23,14 @@ The table is printed and written as the section ``## STT vs TT`` of ``--out`` (o
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import datetime
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from _results import machine, write_section
+from _results import machine, parse, repro_parser, write_section
 
 import adtn
 from adtn.data import Split, load_mnist5k
@@ -191,15 +189,10 @@ def _points(drops: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="15 fine-tuning epochs, three seeds, mean ± std")
-    parser.add_argument("--smoke", action="store_true", help="a 512/256-image subset, one epoch each (seconds)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    parser = repro_parser(__doc__, "15 fine-tuning epochs, three seeds, mean ± std",
+                          "a 512/256-image subset, one epoch each (seconds)")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 5; --full 15)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(parser, argv)
     dense_epochs, epochs, seeds = (15, 15, (0, 1, 2)) if args.full else (1, 1, (0,)) if args.smoke else (15, 5, (0,))
     epochs = args.epochs or epochs
     start = time.perf_counter()
