@@ -216,8 +216,6 @@ def _skipped(name: str, module: nn.Module, skip: Sequence[Any]) -> bool:
 def _unsupported(module: nn.Module) -> str | None:
     if getattr(module, "groups", 1) != 1:
         return f"groups={module.groups} is not supported"
-    if getattr(module, "padding_mode", "zeros") != "zeros":
-        return f"padding_mode={module.padding_mode!r} is not supported"
     return None
 
 

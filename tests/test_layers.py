@@ -340,9 +340,31 @@ def test_grouped_conv_is_rejected():
         encode(nn.Conv2d(8, 8, 3, groups=2), "tt", rank=2)
 
 
-def test_padding_mode_other_than_zeros_is_rejected():
-    with pytest.raises(AdtnError, match=r"padding_mode='reflect' is not supported; only 'zeros'"):
-        encode(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), "tt", rank=2)
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("template, rank", [("tt", 2), ("tucker2", (3, 2)), ("kronecker", 2), ("cp", 3)])
+def test_padding_modes_match_torch(mode, template, rank):
+    torch.manual_seed(0)
+    convs = [nn.Conv2d(4, 6, 3, padding=1, padding_mode=mode), nn.Conv2d(4, 6, (3, 5), padding="same", padding_mode=mode),
+             nn.Conv2d(4, 6, 3, stride=2, padding=(1, 2), padding_mode=mode),
+             nn.Conv1d(4, 6, 3, padding=2, dilation=2, padding_mode=mode)]
+    for conv in convs:
+        x = torch.randn(2, 4, 9, 9) if isinstance(conv, nn.Conv2d) else torch.randn(2, 4, 11)
+        for forward in ("dense", "direct", "auto"):
+            layer = encode(conv, template, rank=rank, forward=forward)
+            assert layer.padding_mode == mode and f"padding_mode='{mode}'" in layer.extra_repr()
+            same = torch.func.functional_call(conv, {"weight": layer.weight, "bias": layer.bias}, (x,))
+            torch.testing.assert_close(layer(x), same, atol=1e-5, rtol=1e-4)  # nn.Conv with the layer's kernel
+    with pytest.raises(AdtnError, match=r"padding_mode must be one of \['zeros', 'reflect', 'replicate', 'circular'\]"):
+        TNConv2d(4, 6, 3, padding_mode="mirror", template="tt", rank=2)
+
+
+def test_calibration_uses_the_padding_mode():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular")
+    x = torch.randn(4, 8, 6, 6)
+    layer = encode(conv, "tt", budget=0.4, calibration=x)
+    out_err = float((layer(x) - conv(x)).norm() / conv(x).norm())
+    assert layer.shape_choice.output_error == pytest.approx(out_err, rel=1e-3)
 
 
 def test_modes_must_multiply_to_the_features():

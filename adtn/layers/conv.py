@@ -46,6 +46,9 @@ def _tuple(value: Any, n: int, name: str, where: str, low: int = 1) -> tuple[int
     return tuple(int(v) for v in vals)
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")  # nn.Conv2d's
+
+
 class _TNConvNd(TNLayer):
     """The conv layers' shared body; subclasses set ``nd`` and the spatial axes."""
 
@@ -79,9 +82,7 @@ class _TNConvNd(TNLayer):
     ) -> None:
         super().__init__()
         where = type(self).__name__
-        axes = self.weight_axes(in_channels, out_channels, kernel_size, groups=groups)
-        if padding_mode != "zeros":
-            raise AdtnError(f"{where}: padding_mode={padding_mode!r} is not supported; only 'zeros'")
+        axes = self.weight_axes(in_channels, out_channels, kernel_size, groups=groups, padding_mode=padding_mode)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = tuple(axes[ax] for ax in self.spatial)
         self.stride = _tuple(stride, self.nd, "stride", where)
@@ -95,10 +96,12 @@ class _TNConvNd(TNLayer):
 
     @classmethod
     def weight_axes(cls, in_channels: int, out_channels: int, kernel_size: Any, groups: int = 1,
-                    **_: Any) -> dict[str, int]:
+                    padding_mode: str = "zeros", **_: Any) -> dict[str, int]:
         where = cls.__name__
         if groups != 1:
             raise AdtnError(f"{where}: groups={groups} is not supported (only groups=1)")
+        if padding_mode not in PADDING_MODES:
+            raise AdtnError(f"{where}: padding_mode must be one of {list(PADDING_MODES)}, got {padding_mode!r}")
         for name, n in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
                 raise ShapeError(f"{where}: {name} must be a positive integer, got {n!r}")
@@ -121,6 +124,10 @@ class _TNConvNd(TNLayer):
         else:
             pad = self.padding
         lift = (lambda t, one: (one,) + tuple(t)) if self.nd == 1 else (lambda t, one: tuple(t))
+        # a non-zero padding mode pads the input first (as nn.Conv2d does), the conv itself pads nothing
+        self._pre_pad = () if self.padding_mode == "zeros" else tuple(q for p in reversed(lift(pad, 0)) for q in (p, p))
+        if self._pre_pad:
+            pad = (0,) * self.nd
         return ConvGeometry(lift(self.kernel_size, 1), lift(self.stride, 1), lift(pad, 0), lift(self.dilation, 1))
 
     # ------------------------------------------------------------------ fast forms
@@ -210,6 +217,8 @@ class _TNConvNd(TNLayer):
             raise ShapeError(f"{where}: input must be (N, {self.in_channels}, {'L' if self.nd == 1 else 'H, W'}), "
                              f"got {tuple(x.shape)}")
         x4 = x.unsqueeze(2) if self.nd == 1 else x
+        if self._pre_pad:
+            x4 = F.pad(x4, self._pre_pad, mode=self.padding_mode)
         n, _, h, w = x4.shape
         form = "dense" if self.forward_mode == "dense" else self._mode((n, h, w)).form
         if form == "dense":
@@ -227,16 +236,17 @@ class _TNConvNd(TNLayer):
             s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
         if self.dilation != (1,) * self.nd:
             s += f", dilation={self.dilation}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         if self.bias is None:
             s += ", bias=False"
         return s + ", " + self._tn_repr()
 
     @classmethod
     def _from_conv(cls, conv: nn.Module, template: str, **kw: Any) -> _TNConvNd:
-        if conv.padding_mode != "zeros":
-            raise AdtnError(f"{cls.__name__}: padding_mode={conv.padding_mode!r} is not supported; only 'zeros'")
         args = {"in_channels": conv.in_channels, "out_channels": conv.out_channels, "kernel_size": conv.kernel_size,
-                "stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups}
+                "stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation, "groups": conv.groups,
+                "padding_mode": conv.padding_mode}
         cls.weight_axes(**args)  # groups and sizes are checked before anything is built
         split = ("rank", "depth", "budget", "tol", "modes", "init", "forward", "fit_options")
         named = {k: kw.pop(k, None) for k in split}
@@ -248,7 +258,7 @@ class _TNConvNd(TNLayer):
 class TNConv2d(_TNConvNd):
     """``nn.Conv2d`` with its kernel (out, in, kh, kw) held by a tensor network (``self.tn``).
 
-    Arguments as ``nn.Conv2d`` (groups=1 and padding_mode='zeros' only), then the template
+    Arguments as ``nn.Conv2d`` (groups=1 only; every padding_mode), then the template
     options of ``TNLinear``: ``template``, ``rank`` / ``depth`` / ``budget``, ``modes``,
     ``forward``, ``structure``, ``**options``.
     """
