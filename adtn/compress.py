@@ -213,12 +213,6 @@ def _skipped(name: str, module: nn.Module, skip: Sequence[Any]) -> bool:
     return False
 
 
-def _unsupported(module: nn.Module) -> str | None:
-    if getattr(module, "groups", 1) != 1:
-        return f"groups={module.groups} is not supported"
-    return None
-
-
 def _jobs(model: nn.Module, policy: Any, skip: Sequence[Any], options: dict[str, Any],
           candidates: Sequence[str] | None, budget: float | None) -> tuple[list[_Job], list[tuple[str, str]]]:
     from .layers import TNLayer
@@ -231,10 +225,9 @@ def _jobs(model: nn.Module, policy: Any, skip: Sequence[Any], options: dict[str,
         if _skipped(name, module, skip):
             skipped.append((name, "skip"))
             continue
-        why = _unsupported(module)
         value = _lookup(policy, name, module)
-        if why or value is None:
-            skipped.append((name, why or "the policy leaves it dense"))
+        if value is None:
+            skipped.append((name, "the policy leaves it dense"))
             continue
         opts = dict(options)
         if isinstance(value, Mapping):

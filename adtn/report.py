@@ -259,7 +259,8 @@ def _dense_flops(m: nn.Module, shape: Sequence[int]) -> int:
         out = geo.out_size(*([1] * (2 - nd) + list(shape[2:])))
     else:
         out = [_out_size(n, k, s, p, d) for n, k, s, p, d in zip(shape[2:], m.kernel_size, m.stride, pad, m.dilation)]
-    return 2 * shape[0] * math.prod(out) * m.out_channels * m.in_channels * math.prod(m.kernel_size)
+    fan_in = m.in_channels // getattr(m, "groups", 1) * math.prod(m.kernel_size)
+    return 2 * shape[0] * math.prod(out) * m.out_channels * fan_in
 
 
 def _fast_flops(m: nn.Module, form: str, n: int, h: int, w: int) -> int:
@@ -324,7 +325,7 @@ def _dense_twin(m: nn.Module) -> nn.Module:
         return nn.Linear(m.in_features, m.out_features, device="meta")
     cls = nn.Conv2d if len(m.kernel_size) == 2 else nn.Conv1d
     pad = m.padding if isinstance(m.padding, str) else tuple(m.padding)
-    return cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, pad, m.dilation, device="meta")
+    return cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, pad, m.dilation, groups=m.groups, device="meta")
 
 
 def _input_shapes(model: nn.Module, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:

@@ -237,8 +237,6 @@ def test_nothing_to_compress_is_a_clear_error():
         compress(nn.Sequential(nn.ReLU(), nn.Flatten()), "tt", budget=0.5)
     with pytest.raises(AdtnError, match=r"after skip=\(<class 'torch.nn.modules.linear.Linear'>,\)"):
         compress(nn.Sequential(nn.Linear(4, 4)), "tt", budget=0.5, skip=nn.Linear)
-    with pytest.raises(AdtnError, match="groups=2 is not supported"):
-        compress(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "tt", budget=0.5)
 
 
 def test_unknown_policy_lists_the_valid_ones():

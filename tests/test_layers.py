@@ -335,9 +335,30 @@ def test_unsupported_layer_is_named():
         encode(nn.LSTM(4, 4), "tt", rank=2)
 
 
-def test_grouped_conv_is_rejected():
-    with pytest.raises(AdtnError, match=r"TNConv2d: groups=2 is not supported \(only groups=1\)"):
-        encode(nn.Conv2d(8, 8, 3, groups=2), "tt", rank=2)
+@pytest.mark.parametrize("template", ["tt", "tucker2", "cp", "kronecker"])
+def test_grouped_convs_hold_the_grouped_kernel(template):
+    torch.manual_seed(0)
+    for conv, x in [(nn.Conv2d(16, 32, 3, padding=1, groups=4), torch.randn(2, 16, 9, 9)),
+                    (nn.Conv2d(8, 8, 3, groups=8, bias=False), torch.randn(2, 8, 7, 7)),
+                    (nn.Conv1d(8, 12, 3, groups=2, padding=1, padding_mode="circular"), torch.randn(2, 8, 11))]:
+        for forward in ("dense", "direct", "auto"):
+            layer = encode(conv, template, budget=0.5, forward=forward)
+            assert layer.groups == conv.groups and layer.weight.shape == conv.weight.shape
+            assert layer.num_tn_params <= 0.5 * conv.weight.numel()
+            assert layer.choose_forward(tuple(x.shape)).mode == "dense"  # the grouped kernel is rebuilt
+            same = torch.func.functional_call(conv, {"weight": layer.weight, "bias": layer.bias}, (x,))
+            torch.testing.assert_close(layer(x), same, atol=1e-5, rtol=1e-4)
+        assert f"groups={conv.groups}" in layer.extra_repr()
+
+
+def test_grouped_conv_errors_and_compress():
+    with pytest.raises(ShapeError, match=r"groups=3 must divide in_channels=8 and out_channels=8"):
+        TNConv2d(8, 8, 3, groups=3, template="tt", rank=2)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, groups=2), nn.ReLU(), nn.Conv2d(16, 16, 3, groups=16))
+    _out, report = adtn.compress(model, "tt", budget=0.5)
+    assert [r.name for r in report.rows] == ["0", "2"]
+    dense_flops = {r.name: r.flops_before for r in report.rows}
+    assert dense_flops["0"] == 2 * 16 * 4 * 9 and dense_flops["2"] == 2 * 16 * 1 * 9  # per output position
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])

@@ -88,7 +88,7 @@ class _TNConvNd(TNLayer):
         self.stride = _tuple(stride, self.nd, "stride", where)
         self.dilation = _tuple(dilation, self.nd, "dilation", where)
         self.padding = padding if isinstance(padding, str) else _tuple(padding, self.nd, "padding", where, low=0)
-        self.groups, self.padding_mode = 1, padding_mode
+        self.groups, self.padding_mode = int(groups), padding_mode
         self._geo = self._geometry(where)
         sizing = {"rank": rank, "depth": depth, "budget": budget, "modes": modes}
         self._setup(axes, template, structure, forward, device, dtype, sizing, options)
@@ -98,15 +98,17 @@ class _TNConvNd(TNLayer):
     def weight_axes(cls, in_channels: int, out_channels: int, kernel_size: Any, groups: int = 1,
                     padding_mode: str = "zeros", **_: Any) -> dict[str, int]:
         where = cls.__name__
-        if groups != 1:
-            raise AdtnError(f"{where}: groups={groups} is not supported (only groups=1)")
         if padding_mode not in PADDING_MODES:
             raise AdtnError(f"{where}: padding_mode must be one of {list(PADDING_MODES)}, got {padding_mode!r}")
-        for name, n in (("in_channels", in_channels), ("out_channels", out_channels)):
+        for name, n in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
             if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
                 raise ShapeError(f"{where}: {name} must be a positive integer, got {n!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ShapeError(f"{where}: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
         kernel = _tuple(kernel_size, cls.nd, "kernel_size", where)
-        return {"out": int(out_channels), "in": int(in_channels), **dict(zip(cls.spatial, kernel))}
+        # a grouped kernel is (out, in / groups, kh, kw), as nn.Conv2d stores it
+        return {"out": int(out_channels), "in": int(in_channels) // int(groups), **dict(zip(cls.spatial, kernel))}
 
     def _geometry(self, where: str) -> ConvGeometry:
         if self.padding == "valid":
@@ -198,9 +200,10 @@ class _TNConvNd(TNLayer):
 
     def _decide(self, key: tuple, cached: bool) -> Choice:
         n, h, w = key
-        dense = self._rebuild_cost(cached) + self._geo.dense_cost(n, h, w, self.out_channels, self.in_channels)
-        if self.forward_mode == "dense":
-            return choose("dense", dense, 0)
+        dense = self._rebuild_cost(cached) + self._geo.dense_cost(n, h, w, self.out_channels,
+                                                                    self.in_channels // self.groups)
+        if self.forward_mode == "dense" or self.groups > 1:  # a grouped kernel is rebuilt for F.conv2d(groups=)
+            return choose("dense", dense, 0 if self.groups == 1 else None)
         form = self._fast_form()
         if form is not None:
             return choose(self.forward_mode, dense, self._fast_cost(form, n, h, w), form)
@@ -223,7 +226,7 @@ class _TNConvNd(TNLayer):
         form = "dense" if self.forward_mode == "dense" else self._mode((n, h, w)).form
         if form == "dense":
             weight = self._spatial(self.dense_weight(), 2)
-            y = F.conv2d(x4, weight, self.bias, **self._geo.args)
+            y = F.conv2d(x4, weight, self.bias, groups=self.groups, **self._geo.args)
         elif form == "unfold":
             y = self._run_unfold(x4)
         else:  # the fast forms run channels-last on CPU and hand back the input's layout
@@ -236,6 +239,8 @@ class _TNConvNd(TNLayer):
             s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding={self.padding}"
         if self.dilation != (1,) * self.nd:
             s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         if self.bias is None:
@@ -258,7 +263,8 @@ class _TNConvNd(TNLayer):
 class TNConv2d(_TNConvNd):
     """``nn.Conv2d`` with its kernel (out, in, kh, kw) held by a tensor network (``self.tn``).
 
-    Arguments as ``nn.Conv2d`` (groups=1 only; every padding_mode), then the template
+    Arguments as ``nn.Conv2d`` (a grouped kernel (out, in / groups, kh, kw) is held whole by the
+    network and rebuilt for every forward), then the template
     options of ``TNLinear``: ``template``, ``rank`` / ``depth`` / ``budget``, ``modes``,
     ``forward``, ``structure``, ``**options``.
     """

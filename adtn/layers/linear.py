@@ -314,7 +314,8 @@ def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weig
         geo = {k: args[k] for k in ("stride", "padding", "dilation")}
         conv = (nn.Conv1d if weight.dim() == 3 else nn.Conv2d)(  # its forward handles every padding mode
             args["in_channels"], args["out_channels"], args["kernel_size"], **geo,
-            padding_mode=args.get("padding_mode", "zeros"), bias=b is not None, device="meta")
+            groups=args.get("groups", 1), padding_mode=args.get("padding_mode", "zeros"), bias=b is not None,
+            device="meta")
         apply = lambda w, x: torch.func.functional_call(conv, {"weight": w, "bias": b}, (x,))
     return search(template, weight.detach(), cls.weight_axes(**args), budget, inputs=calibration, apply=apply,
                   t=options.get("t"))
