@@ -168,6 +168,8 @@ class Unfoldings:
         hit = self._sketch.get(key)
         if hit is not None and hit[0] >= r:
             return hit[1]
+        if min(self.sides(key)) <= 4 * (r + OVERSAMPLE):  # one Gram GEMM costs less than the sketch's four
+            return self.exact(key)
         m = self.matrix(key)  # (p, q), p <= q
         k = min(m.shape[0], r + OVERSAMPLE)
         y = m @ _gauss(m.shape[1], k, 7919 + k, m)
