@@ -134,7 +134,7 @@ def search(
     default shape or than the truncated SVD of (out, in*kh*kw) at the same parameter count:
     every format holds that SVD in one of its shapes (``candidates._svd_like``), except a
     linear ``semi_tr`` at a given t >= 2; ``ht`` holds it plus an R x R root, so at ranks with
-    R^2 > out + in*kh*kw (large budgets) the SVD at its parameter count keeps a rank more.
+    R^2 > out + in*kh*kw the SVD at its parameter count keeps a rank or two more.
 
     Args:
         template: one of ``SEARCHABLE``.
