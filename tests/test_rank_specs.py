@@ -13,13 +13,20 @@ from adtn.errors import RankError
 from adtn.templates.factor import divisible_modes
 
 
-@pytest.mark.parametrize("name", ["tt", "tr", "ht", "tucker", "tucker2"])
+@pytest.mark.parametrize("name", ["tt", "tr", "ht", "tucker", "tucker2", "kronecker"])
 def test_one_int_rank_caps_bonds_that_cannot_use_it(name):
     conv = nn.Conv2d(8, 8, 1).double()  # a 1x1 kernel: the spatial bonds can carry rank 1 only
     layer = adtn.encode(conv, name, rank=16, init="decompose")
     torch.testing.assert_close(layer.weight, conv.weight, atol=1e-10, rtol=1e-10)  # full useful rank: exact
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(layer(x), F.conv2d(x, conv.weight, conv.bias), atol=1e-10, rtol=1e-10)
+
+
+def test_kronecker_builder_stays_strict_unless_clipped():
+    axes = {"out": 8, "in": 8, "kh": 1, "kw": 1}
+    with pytest.raises(RankError, match=r"rank 99 for bond a.r -- b.r is larger than useful: at most 8"):
+        adtn.templates.get("kronecker").build(axes, rank=99)
+    assert adtn.templates.get("kronecker").formula(axes, rank=99, clip=True) == 8 * (8 + 8)
 
 
 def test_ranks_per_bond_stay_strict():

@@ -56,7 +56,7 @@ def default_factors(axes: Mapping[str, int]) -> tuple[dict[str, int], dict[str, 
 
 
 def _kron_spec(
-    axes: Mapping[str, int], rank: int, factors: tuple[Shape | None, Shape | None] | None
+    axes: Mapping[str, int], rank: int, factors: tuple[Shape | None, Shape | None] | None, clip: bool = False
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int], int]:
     sizes = check_axes(axes, "kronecker")
     if "r" in sizes:
@@ -91,21 +91,25 @@ def _kron_spec(
             )
     rank = positive_int(rank, "kronecker: rank")
     pa, pb = math.prod(a.values()), math.prod(b.values())
+    if clip:
+        rank = min(rank, pa, pb)
     check_rank("a.r -- b.r", rank, min(pa, pb), f"min(prod a, prod b) = min({pa}, {pb})")
     return sizes, a, b, rank
 
 
 def kronecker_params(
-    axes: Mapping[str, int], *, rank: int, factors: tuple[Shape | None, Shape | None] | None = None
+    axes: Mapping[str, int], *, rank: int, factors: tuple[Shape | None, Shape | None] | None = None,
+    clip: bool = False,
 ) -> int:
     """Closed-form parameter count: R * (prod a + prod b)."""
-    _, a, b, rank = _kron_spec(axes, rank, factors)
+    _, a, b, rank = _kron_spec(axes, rank, factors, clip)
     return rank * (math.prod(a.values()) + math.prod(b.values()))
 
 
 @register("kronecker", formula=kronecker_params, init=init_kronecker)
 def kronecker(
-    axes: Mapping[str, int], *, rank: int, factors: tuple[Shape | None, Shape | None] | None = None
+    axes: Mapping[str, int], *, rank: int, factors: tuple[Shape | None, Shape | None] | None = None,
+    clip: bool = False,
 ) -> TensorGraph:
     """Sum of R generalized Kronecker products A_r (x) B_r (GKPD).
 
@@ -114,11 +118,12 @@ def kronecker(
         rank: R, the number of Kronecker terms; at most min(prod a, prod b).
         factors: ``(a_shape, b_shape)``, each one size per axis (sequence in axis order or dict
             by axis); one of them may be None and is then derived. Default: ``default_factors``.
+        clip: lower a rank above min(prod a, prod b) to that instead of raising RankError.
 
     Returns:
         A frozen graph ``a -- b`` (bond r) whose output axis k fuses ``[a.<k>, b.<k>]``.
     """
-    sizes, a, b, rank = _kron_spec(axes, rank, factors)
+    sizes, a, b, rank = _kron_spec(axes, rank, factors, clip)
     g = TensorGraph("kronecker")
     g.add_node("a", {"r": rank, **a})
     g.add_node("b", {"r": rank, **b})
