@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import torch
 from torch import nn
 
-from .budget import FILL, kronecker_splits
+from .budget import FILL, effective_ranks, kronecker_splits
 from .budget import fill_ranks as _fill_budget
 from .budget import knob_for_budget as _knob_for_budget
 from .errors import AdtnError, RankError, SchemaError, ShapeError, TemplateError
@@ -145,7 +145,7 @@ def _budget_spec(where: str, t: Template, axes: dict[str, int], kwargs: dict, kn
         warnings.warn(f"{where}: no {t.name!r} size fills budget {budget} well: the closest count below it is "
                       f"{best[0]:,} of {target:,.0f} parameters ({best[0] / target:.0%}; the promise is >= "
                       f"{FILL:.0%}), the next sizes up exceed the budget", stacklevel=4)
-    return best[1], best[2]
+    return best[1], effective_ranks(t, best[1], best[2])
 
 
 _SEMI_IN_MODES = {"semi_tt": -1, "semi_tr": 0}  # in modes that must divide by t: d - 1 (chain), d (ring)
@@ -164,19 +164,14 @@ def _semi_modes(axes: dict[str, int], raw: Mapping[str, int], modes: tuple, t: i
 
 def _clip_uniform_rank(t: Template, axes: Mapping[str, int], kwargs: dict) -> dict:
     """One int rank for all bonds is a cap, as in tensorly: bonds that cannot use it (a 3x3
-    kernel's, a 1x1 conv's spatial core) get their largest useful rank. Ranks given per bond
-    stay strict, and so do the templates' own builders."""
+    kernel's, a 1x1 conv's spatial core) get their largest useful rank (the template's
+    ``clip``). Ranks given per bond stay strict, and so do the templates' own builders."""
     rank = kwargs["rank"]
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
         return kwargs
     if "clip" in _template_params(t) and "clip" not in kwargs:
         return {**kwargs, "clip": True}
-    out, inn = list(axes)[:2]
-    capped = {"tucker": list(axes) if kwargs.get("compress") is None else [], "tucker2": [out, inn]}.get(t.name, [])
-    if all(rank <= axes[ax] for ax in capped):
-        return kwargs
-    ranks = {ax: min(int(rank), axes[ax]) for ax in capped}
-    return {**kwargs, "rank": ranks if t.name == "tucker" else (ranks[out], ranks[inn])}
+    return kwargs
 
 
 def resolve(

@@ -25,7 +25,7 @@ from .errors import AdtnError, RankError
 from .templates import Template
 from .templates.factor import _divisors
 
-__all__ = ["FILL", "count", "fill_ranks", "knob_for_budget", "kronecker_splits"]
+__all__ = ["FILL", "count", "effective_ranks", "fill_ranks", "knob_for_budget", "kronecker_splits"]
 
 FILL = 0.9  # the smallest share of the budget a size should use
 MAX_SIZE = 2**24  # search bound of the rank (or depth) that fits a budget
@@ -154,3 +154,28 @@ def kronecker_splits(axes: Mapping[str, int], target: float) -> Iterator[dict[st
             scored.append((-rank * (pa + pb), abs(math.log(pa / pb)), a, b))
     for _, _, a, b in sorted(scored):
         yield {"factors": (dict(zip(names, a)), dict(zip(names, b)))}
+
+
+def effective_ranks(t: Template, axes: Mapping[str, int], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with a per-bond rank list lowered, entry by entry, to the ranks the network gets
+    under ``clip`` (the same graph): the budget search tops up uniform ranks, so a bond that
+    cannot use its share (a 3x3 kernel's) would otherwise be reported at a rank it does not have."""
+    rank = kwargs.get("rank")
+    if not kwargs.get("clip") or not isinstance(rank, (list, tuple)):
+        return dict(kwargs)
+
+    def structure(ranks: list[int]) -> str | None:
+        try:
+            return t.build(axes, **{**kwargs, "rank": type(rank)(ranks)}).structure_hash()
+        except AdtnError:
+            return None
+
+    ranks = list(rank)
+    want = structure(ranks)
+    for k in range(len(ranks)):
+        lo, hi = 1, ranks[k]  # the smallest entry giving the same graph (the graph is fixed above it)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if structure(ranks[:k] + [mid] + ranks[k + 1:]) == want else (mid + 1, hi)
+        ranks[k] = lo
+    return {**kwargs, "rank": type(rank)(ranks)}

@@ -127,3 +127,29 @@ def test_semi_tucker_on_a_3x3_kernel_keeps_plain_spatial_factors():
     assert tn.structure.legs("u_in")["i"] == 8  # 16 / t
     x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
     assert torch.allclose(tn(x), torch.nn.functional.conv2d(x, tn.weight, tn.bias, padding=1), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["tt", "tr", "ht", "tucker", "tucker2", "semi_tt"])
+@pytest.mark.parametrize("layer", ["conv 16->32 3x3", "conv 64->64 3x3", "conv 3->17 5x5"])
+def test_reported_ranks_are_the_ranks_the_network_has(name, layer):
+    # the budget search tops up uniform ranks and the template clips bonds that cannot use them;
+    # the spec reports the clipped ranks, so the strict builder accepts them and builds the same graph
+    axes, kind = LAYERS[layer]
+    for budget in (0.1, 0.3):
+        try:
+            spec, _ = _resolve(name, axes, kind, budget)
+        except RankError:
+            continue
+        rank = spec.kwargs["rank"]
+        if not isinstance(rank, (list, tuple)):
+            continue
+        strict = {**spec.kwargs, "clip": False}
+        assert get(name).build(spec.axes, **strict).structure_hash() == \
+            get(name).build(spec.axes, **spec.kwargs).structure_hash()
+
+
+def test_tucker_clips_the_kernel_ranks_and_fills_the_budget():
+    spec, warned = _resolve("tucker", *LAYERS["conv 64->64 3x3"], 0.3)
+    graph = get("tucker").build(spec.axes, **spec.kwargs)
+    assert graph.legs("u_kh")["r"] == 3 and graph.legs("u_out")["r"] > 3
+    assert FILL * 0.3 * 64 * 64 * 9 <= graph.num_params <= 0.3 * 64 * 64 * 9 and not warned

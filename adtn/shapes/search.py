@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..budget import effective_ranks
 from ..errors import AdtnError, RankError, TemplateError
 from ..templates import get
 from .candidates import Candidate, enumerate_candidates, options_key
@@ -251,6 +252,8 @@ def _screen(cands: list[Candidate], unf: Callable[[Candidate], Unfoldings]) -> N
 
 def _choice(template: str, cands: list[Candidate], finalists: list[Candidate], criterion: str, measured: bool,
             seconds: float, axes: dict[str, int]) -> ShapeChoice:
+    from ..api import _template_params
+
     def score(c: Candidate) -> float:
         if criterion == "output" and c.output is not None:
             return c.output
@@ -263,6 +266,8 @@ def _choice(template: str, cands: list[Candidate], finalists: list[Candidate], c
     rest = sorted((c for c in cands if c not in finalists), key=score)
     ranked = finals + ([] if criterion == "output" else rest)
     best = ranked[0]
+    if "clip" in _template_params(get(template)):  # report the ranks the network has, not the topped-up caps
+        best.rank = effective_ranks(get(template), best.axes, {**best.options, "rank": best.rank, "clip": True})["rank"]
     default = next((c for c in finalists if c.tag == "default"), None)
 
     def described(c: Candidate) -> dict[str, Any]:

@@ -88,9 +88,10 @@ def per_axis(value: object, names: Sequence[str], where: str, error: type[AdtnEr
 
 # ---------------------------------------------------------------------- Tucker
 def tucker_ranks(
-    axes: Mapping[str, int], rank: Rank, compress: Sequence[str] | str | None, where: str
+    axes: Mapping[str, int], rank: Rank, compress: Sequence[str] | str | None, where: str, clip: bool = False
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Checked (sizes, ranks of the compressed axes); a rank may not exceed its axis size."""
+    """Checked (sizes, ranks of the compressed axes); a rank may not exceed its axis size (with
+    ``clip`` it is lowered to it)."""
     sizes = check_axes(axes, where)
     by_rank = compress is None and isinstance(rank, Mapping)
     if by_rank:
@@ -100,13 +101,16 @@ def tucker_ranks(
     ranks = {}
     for ax, r in raw.items():
         ranks[ax] = positive_int(r, f"{where}: rank for axis {ax!r}")
+        if clip:
+            ranks[ax] = min(ranks[ax], sizes[ax])
         check_rank(f"core.r_{ax} -- u_{ax}.r", ranks[ax], sizes[ax], f"size of axis {ax!r}")
     return sizes, ranks
 
 
-def tucker_params(axes: Mapping[str, int], *, rank: Rank, compress: Sequence[str] | str | None = None) -> int:
+def tucker_params(axes: Mapping[str, int], *, rank: Rank, compress: Sequence[str] | str | None = None,
+                  clip: bool = False) -> int:
     """Closed-form parameter count: prod(r_k, or n_k if uncompressed) + sum_k n_k r_k."""
-    sizes, ranks = tucker_ranks(axes, rank, compress, "tucker")
+    sizes, ranks = tucker_ranks(axes, rank, compress, "tucker", clip)
     core = math.prod(ranks.get(ax, n) for ax, n in sizes.items())
     return core + sum(sizes[ax] * r for ax, r in ranks.items())
 
@@ -130,7 +134,8 @@ def tucker_graph(sizes: Mapping[str, int], ranks: Mapping[str, int], name: str) 
 
 
 @register("tucker", formula=tucker_params, init=init_tucker)
-def tucker(axes: Mapping[str, int], *, rank: Rank, compress: Sequence[str] | str | None = None) -> TensorGraph:
+def tucker(axes: Mapping[str, int], *, rank: Rank, compress: Sequence[str] | str | None = None,
+           clip: bool = False) -> TensorGraph:
     """Tucker: a core times one factor matrix per compressed axis.
 
     Args:
@@ -139,16 +144,17 @@ def tucker(axes: Mapping[str, int], *, rank: Rank, compress: Sequence[str] | str
             dict axis -> rank (which, without ``compress``, also chooses the compressed axes).
             A rank may not exceed its axis size.
         compress: the axes that get a factor (default: all); the others stay full in the core.
+        clip: lower a rank above its axis size to that size instead of raising RankError.
 
     Returns:
         A frozen graph: node ``core`` and nodes ``u_<axis>`` of shape (n_k, r_k).
     """
-    sizes, ranks = tucker_ranks(axes, rank, compress, "tucker")
+    sizes, ranks = tucker_ranks(axes, rank, compress, "tucker", clip)
     return tucker_graph(sizes, ranks, "tucker")
 
 
 # ---------------------------------------------------------------------- Tucker-2
-def _tucker2_spec(axes: Mapping[str, int], rank: Rank) -> tuple[dict[str, int], dict[str, int]]:
+def _tucker2_spec(axes: Mapping[str, int], rank: Rank, clip: bool = False) -> tuple[dict[str, int], dict[str, int]]:
     sizes = check_axes(axes, "tucker2")
     missing = [ax for ax in ("out", "in") if ax not in sizes]
     if missing:
@@ -158,26 +164,27 @@ def _tucker2_spec(axes: Mapping[str, int], rank: Rank) -> tuple[dict[str, int], 
         raise RankError(f"tucker2: rank is an int or a pair (R_out, R_in), got {list(rank)}")
     if isinstance(rank, Sequence) and not isinstance(rank, str):
         rank = {"out": rank[0], "in": rank[1]}
-    return tucker_ranks(sizes, rank, ("out", "in"), "tucker2")
+    return tucker_ranks(sizes, rank, ("out", "in"), "tucker2", clip)
 
 
-def tucker2_params(axes: Mapping[str, int], *, rank: Rank) -> int:
+def tucker2_params(axes: Mapping[str, int], *, rank: Rank, clip: bool = False) -> int:
     """Closed-form parameter count: in*R_in + prod(other axes)*R_in*R_out + R_out*out."""
-    sizes, ranks = _tucker2_spec(axes, rank)
+    sizes, ranks = _tucker2_spec(axes, rank, clip)
     rest = math.prod(n for ax, n in sizes.items() if ax not in ranks)
     return sizes["in"] * ranks["in"] + rest * ranks["in"] * ranks["out"] + ranks["out"] * sizes["out"]
 
 
 @register("tucker2", formula=tucker2_params, init=init_tucker2)
-def tucker2(axes: Mapping[str, int], *, rank: Rank) -> TensorGraph:
+def tucker2(axes: Mapping[str, int], *, rank: Rank, clip: bool = False) -> TensorGraph:
     """Tucker-2: factors on the channel axes ``out`` and ``in`` only; the spatial axes stay in the core.
 
     Args:
         axes: ``{"out": O, "in": C, "kh": kh, "kw": kw}`` (conv) or ``{"out": O, "in": I}`` (linear).
         rank: R for both channels, or ``(R_out, R_in)``, or ``{"out": R_out, "in": R_in}``.
+        clip: lower a rank above its axis size to that size instead of raising RankError.
 
     Returns:
         A frozen graph ``u_out -- core -- u_in``; the core is (R_out, R_in, kh, kw).
     """
-    sizes, ranks = _tucker2_spec(axes, rank)
+    sizes, ranks = _tucker2_spec(axes, rank, clip)
     return tucker_graph(sizes, ranks, "tucker2")
