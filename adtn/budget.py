@@ -141,7 +141,10 @@ def fill_ranks(t: Template, axes: Mapping[str, int], kwargs: Mapping[str, Any], 
 
 
 def kronecker_splits(axes: Mapping[str, int], target: float) -> Iterator[dict[str, Any]]:
-    """Kronecker factor splits (a, b) by how fully rank R * (|a| + |b|) fills ``target``, most balanced first."""
+    """Kronecker factor splits (a, b): those whose rank R * (|a| + |b|) fills ``target`` to 90%,
+    most balanced axis by axis first (a lopsided split such as (1, 112) x (256, 7) fills a budget exactly but
+    is a poor fixed rule: 0.58 accuracy against 0.93 for a balanced one in the demo's 1% sweep),
+    then the others by how fully they fill it."""
     names = list(axes)
     scored = []
     for a in itertools.product(*[_divisors(axes[ax]) for ax in names]):
@@ -151,8 +154,10 @@ def kronecker_splits(axes: Mapping[str, int], target: float) -> Iterator[dict[st
             continue
         rank = min(int(target // (pa + pb)), pa, pb)
         if rank >= 1:
-            scored.append((-rank * (pa + pb), abs(math.log(pa / pb)), a, b))
-    for _, _, a, b in sorted(scored):
+            fills = rank * (pa + pb) >= FILL * target
+            balance = sum(abs(math.log(x / y)) for x, y in zip(a, b))  # per axis: no factor takes a whole axis
+            scored.append((not fills, balance if fills else 0.0, -rank * (pa + pb), balance, a, b))
+    for *_, a, b in sorted(scored):
         yield {"factors": (dict(zip(names, a)), dict(zip(names, b)))}
 
 
