@@ -8,6 +8,7 @@ backend does), so graphs with hundreds of indices work.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import OrderedDict
@@ -298,6 +299,9 @@ class Step:
         return cls(positions, oe.parser.convert_to_valid_einsum_chars(equation))
 
     def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
+        if any(t.dtype != operands[0].dtype for t in operands[1:]):  # autocast casts matmul results only
+            dtype = functools.reduce(torch.promote_types, (t.dtype for t in operands))
+            operands = tuple(t.to(dtype) for t in operands)
         if not self.pairwise:
             return torch.einsum(self.equation, *operands)
         if operands[0].numel() + operands[1].numel() <= SMALL_STEP:  # layout is moot; tensordot is leaner

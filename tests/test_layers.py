@@ -622,3 +622,27 @@ def test_fast_conv_forms_keep_the_input_layout(name, options):
     xs = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, *p: torch.func.functional_call(layer, dict(zip(keys, p)), (x,)),
                                     (xs, *values))
+
+
+# ---------------------------------------------------------------------- torch.autocast
+@pytest.mark.parametrize("template", ["tt", "ht", "tucker2", "cp", "kronecker", "semi_tt", "adtn"])
+@pytest.mark.parametrize("forward", ["dense", "direct", "auto"])
+def test_layers_run_under_autocast(template, forward):
+    torch.manual_seed(0)
+    opts = {"init": "random"} if template == "adtn" else {}
+    for layer, x in [(nn.Linear(512, 256), torch.randn(64, 512)), (nn.Conv2d(32, 64, 3, padding=1), torch.randn(4, 32, 12, 12))]:
+        tn = encode(layer, template, budget=0.3, forward=forward, **opts)
+        ref = tn(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = tn(x)
+            assert y.dtype == layer(x).dtype == torch.bfloat16  # as the dense layer's
+        torch.testing.assert_close(y.float(), ref, atol=0.02 * float(ref.abs().max()), rtol=0.02)
+        y.float().square().mean().backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in tn.tn.parameters())
+
+
+def test_a_compiled_network_contracts_under_autocast():
+    m = adtn.compile(adtn.templates.get("ht").build({"out": 64, "in": 48, "kh": 3, "kw": 3}, rank=3), seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dense = m.dense()  # matmul steps come back in bf16, tensordot steps get matching operands
+    torch.testing.assert_close(dense.float(), m.dense(), atol=0.02 * float(m.dense().abs().max()), rtol=0.02)

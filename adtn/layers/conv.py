@@ -214,7 +214,7 @@ class _TNConvNd(TNLayer):
             direct += MEMORY_WEIGHT * rows * math.prod(self.tn_axes.values()) // self.tn_axes["out"]
         return choose(self.forward_mode, dense, direct, "unfold")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         where = type(self).__name__
         if x.dim() != self.nd + 2 or x.shape[1] != self.in_channels:
             raise ShapeError(f"{where}: input must be (N, {self.in_channels}, {'L' if self.nd == 1 else 'H, W'}), "

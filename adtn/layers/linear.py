@@ -69,12 +69,36 @@ def _compiling() -> bool:
     return bool(compiler and compiler.is_compiling())
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` casts to on this device type, or None when it is off."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except (AttributeError, TypeError):  # torch < 2.4: per-device functions
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
 class TNLayer(nn.Module):
     """What every TN layer shares: the compiled ``tn``, padding, the weight and its eval cache,
     the forward-mode choice per input shape, and building from a dense layer."""
 
     kind = "linear"
     nouns: ClassVar[dict[str, str]] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on ``x``. Under ``torch.autocast`` the network contracts in its own dtype with
+        autocast off (a chain of low-precision contractions loses accuracy, and the hand-written
+        kernels keep one dtype) and the output comes in the autocast dtype, as ``nn.Linear``'s does."""
+        low = autocast_dtype(x.device.type)
+        if low is None:
+            return self._forward(x)
+        with torch.autocast(x.device.type, enabled=False):
+            y = self._forward(x.to(self.tn.dtype) if x.is_floating_point() else x)
+        return y.to(low)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def _setup(self, axes: dict[str, int], template: str, structure: Any, forward: str, device: Any,
                dtype: torch.dtype | None, sizing: dict[str, Any], options: dict[str, Any]) -> None:
@@ -460,7 +484,7 @@ class TNLinear(TNLayer):
             chains[batch] = plan
         return chains[batch]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ShapeError(f"TNLinear: input of shape {tuple(x.shape)} must end with in_features={self.in_features}")
         batch = math.prod(x.shape[:-1])
