@@ -227,6 +227,11 @@ def test_forced_shape_and_errors():
         search("cp", lin.weight, {"out": 64, "in": 32}, 0.25)
     with pytest.raises(AdtnError, match="no 'tt' shape fits budget 0.1 of 50 parameters.*rank-1 truncated SVD needs 15"):
         search("tt", torch.randn(5, 10), {"out": 5, "in": 10}, 0.1)
+    bad = nn.Linear(32, 64)
+    with torch.no_grad():
+        bad.weight[3, 4] = float("nan")
+    with pytest.raises(AdtnError, match="shape search: the weight contains NaN or inf"):
+        adtn.encode(bad, "tt", budget=0.25)
     with pytest.raises(AdtnError, match="needs apply="):
         search("tt", torch.randn(8, 4, 3, 3), {"out": 8, "in": 4, "kh": 3, "kw": 3}, 0.5,
                inputs=torch.randn(1, 4, 5, 5))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..budget import effective_ranks
-from ..errors import AdtnError, RankError, TemplateError
+from ..errors import AdtnError, RankError, ShapeError, TemplateError
 from ..templates import get
 from .candidates import Candidate, enumerate_candidates, options_key
 from .spectra import Unfoldings, single_thread
@@ -165,6 +165,8 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
     if tuple(dense.shape) != tuple(axes.values()):
         raise AdtnError(f"shape search: weight of shape {tuple(dense.shape)} does not match axes {axes}")
     dense = dense.detach()
+    if not torch.isfinite(dense).all():
+        raise ShapeError("shape search: the weight contains NaN or inf; no shape can approximate it")
     if dense.dtype not in (torch.float32, torch.float64):
         dense = dense.float()
     cands = enumerate_candidates(template, axes, float(budget), t, pad)
