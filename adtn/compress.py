@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from .api import _knob_for_budget, _template_params, encode, resolve
-from .errors import AdtnError, RankError, TemplateError
+from .errors import AdtnError, RankError, ShapeError, TemplateError
 from .report import LayerRow, Report, layer_flops
 from .templates import get, names
 from .train import eval_mode
@@ -471,9 +471,15 @@ def _capture(model: nn.Module, jobs: Iterable[_Job], batch: Any) -> tuple[dict[s
     try:
         with eval_mode(model):
             out = _call(model, batch)
+    except (RuntimeError, TypeError, ValueError) as err:
+        shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+        raise ShapeError(f"compress: the calibration batch ({shape}) does not run through the model: {err}") from err
     finally:
         for h in hooks:
             h.remove()
+    bad = [name for name, x in inputs.items() if x.is_floating_point() and not torch.isfinite(x).all()]
+    if bad:
+        raise ShapeError(f"compress: the calibration batch gives NaN or inf at the input of layer(s) {bad}")
     return inputs, out
 
 

@@ -239,6 +239,14 @@ def test_nothing_to_compress_is_a_clear_error():
         compress(nn.Sequential(nn.Linear(4, 4)), "tt", budget=0.5, skip=nn.Linear)
 
 
+def test_a_calibration_batch_that_does_not_fit_is_a_clear_error():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    with pytest.raises(AdtnError, match=r"calibration batch \(\(2, 4, 8, 8\)\) does not run through the model"):
+        compress(model, "auto", budget=0.3, calibration=torch.randn(2, 4, 8, 8))
+    with pytest.raises(AdtnError, match=r"gives NaN or inf at the input of layer\(s\) \['0', '3'\]"):
+        compress(model, "auto", budget=0.3, calibration=torch.full((2, 3, 8, 8), float("nan")))
+
+
 def test_unknown_policy_lists_the_valid_ones():
     with pytest.raises(TemplateError, match=r"unknown policy 'foo'; valid: template names \[.*'tt'.*\], 'hybrid', "
                                             r"'mixed', 'auto'"):

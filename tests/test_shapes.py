@@ -232,6 +232,10 @@ def test_forced_shape_and_errors():
         bad.weight[3, 4] = float("nan")
     with pytest.raises(AdtnError, match="shape search: the weight contains NaN or inf"):
         adtn.encode(bad, "tt", budget=0.25)
+    with pytest.raises(AdtnError, match=r"calibration inputs of shape \(5, 63\) do not fit the layer \(weight \(64, 32\)\)"):
+        adtn.encode(lin, "tt", budget=0.3, calibration=torch.randn(5, 63))
+    with pytest.raises(AdtnError, match="calibration inputs contain NaN or inf"):
+        adtn.encode(lin, "tt", budget=0.3, calibration=torch.full((5, 32), float("nan")))
     with pytest.raises(AdtnError, match="needs apply="):
         search("tt", torch.randn(8, 4, 3, 3), {"out": 8, "in": 4, "kh": 3, "kw": 3}, 0.5,
                inputs=torch.randn(1, 4, 5, 5))

@@ -169,6 +169,7 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
         raise ShapeError("shape search: the weight contains NaN or inf; no shape can approximate it")
     if dense.dtype not in (torch.float32, torch.float64):
         dense = dense.float()
+    run, ref = _calibration(dense, inputs, apply)
     cands = enumerate_candidates(template, axes, float(budget), t, pad)
     if candidates is not None:
         keys = {options_key(c) for c in candidates}
@@ -201,8 +202,6 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
         c.estimate = _estimate(unf(c), c, "sketch")
     criterion = "weight"
     if measured:
-        run = _apply_for(dense, apply) if inputs is not None else None
-        ref = None if run is None else run(dense, inputs)
         for c in finalists:
             approx = _approximation(template, dense, c)
             c.error = float(torch.linalg.vector_norm(approx - dense) / math.sqrt(unf(c).norm2))
@@ -213,6 +212,20 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
     elif template in ESTIMATED and get(template).init is not None:
         _measure_leaders(template, dense, finalists, unf)
     return _choice(template, cands, finalists, criterion, measured, time.perf_counter() - start, axes)
+
+
+def _calibration(dense: Tensor, inputs: Tensor | None, apply: Apply | None) -> tuple[Apply | None, Tensor | None]:
+    """(the layer's apply, its output on ``inputs``) checked before any work, or (None, None)."""
+    if inputs is None:
+        return None, None
+    if inputs.is_floating_point() and not torch.isfinite(inputs).all():
+        raise ShapeError("shape search: the calibration inputs contain NaN or inf")
+    run = _apply_for(dense, apply)
+    try:
+        return run, run(dense, inputs)
+    except (RuntimeError, ValueError) as err:
+        raise ShapeError(f"shape search: calibration inputs of shape {tuple(inputs.shape)} do not fit the layer "
+                         f"(weight {tuple(dense.shape)}): {err}") from err
 
 
 def _shortlist(cands: list[Candidate], n: int) -> list[Candidate]:
