@@ -269,8 +269,9 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
     if init == "random":
         return
     target = layer.pad_weight(dense.detach())
-    t = get(layer.template)
-    if init in ("auto", "decompose") and t.init is not None:
+    t = get(layer.template) if layer.template is not None else None  # None: the user's own graph
+    name = repr(t.name) if t is not None else "None (a user graph)"
+    if init in ("auto", "decompose") and t is not None and t.init is not None:
         graph, tensors = t.init(target, layer.tn_axes, **layer.template_options)
         if not _same_structure(graph, layer.structure):
             raise AdtnError(f"{type(layer).__name__}: template {t.name!r} initialised a different structure than "
@@ -279,16 +280,12 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
         return
     if init == "decompose":
         raise AdtnError(f"{type(layer).__name__}: init='decompose' needs an SVD-family initialiser, and template "
-                        f"{t.name!r} has none; use init='fit' (gradient descent) or 'auto'")
-    try:
-        from .fitting import fit
-    except ImportError:  # pragma: no cover - fitting ships with adtn
-        warnings.warn(f"{type(layer).__name__}: no initialiser for template {t.name!r} and adtn.fit is not "
-                      "available: the layer keeps its random init", stacklevel=3)
-        return
+                        f"{name} has none; use init='fit' (gradient descent) or 'auto'")
+    from .fitting import fit
+
     result = fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **dict(fit_options or {}))
     if result.rel_error > POOR_FIT:
-        warnings.warn(f"{type(layer).__name__}: fitting {t.name!r} to the weight stopped at relative error "
+        warnings.warn(f"{type(layer).__name__}: fitting {name} to the weight stopped at relative error "
                       f"{result.rel_error:.3f} ({result.stop} after {result.steps} steps): the layer does not reproduce "
                       "the dense one; train it (adtn.finetune, distillation from the dense model) or pass "
                       "init='random' to skip the fit", stacklevel=3)

@@ -213,7 +213,8 @@ class Report:
                 before, _ = layer_flops(_dense_twin(m), shapes.get(name))
                 after, fwd = layer_flops(m, shapes.get(name))
                 choice = getattr(m, "shape_choice", None)
-                rows.append(LayerRow(name or ".", _TN_TYPES.get(type(m).__name__, type(m).__name__), m.template,
+                kind = _TN_TYPES.get(type(m).__name__, type(m).__name__)
+                rows.append(LayerRow(name or ".", kind, m.template or f"graph {m.structure.name!r}",
                                      dict(m.template_options), math.prod(m.axes.values()), m.num_tn_params, before,
                                      after, fwd, shape="" if choice is None else choice.summary()))
         n = sum(p.numel() for p in model.parameters())

@@ -646,3 +646,18 @@ def test_a_compiled_network_contracts_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         dense = m.dense()  # matmul steps come back in bf16, tensordot steps get matching operands
     torch.testing.assert_close(dense.float(), m.dense(), atol=0.02 * float(m.dense().abs().max()), rtol=0.02)
+
+
+def test_a_layer_on_a_user_graph_names_the_graph_not_a_template():
+    g = adtn.TensorGraph("mine")
+    g.add_node("a", legs={"o": 4, "r": 3}).add_node("b", legs={"r": 3, "i": 5})
+    g = g.bond("a.r", "b.r").set_outputs({"out": ["a.o"], "in": ["b.i"]}).freeze()
+    layer = TNLinear(5, 4, structure=g)
+    assert layer.template is None and "graph='mine'" in layer.extra_repr() and "template=" not in layer.extra_repr()
+    target = torch.randn(4, 3) @ torch.randn(3, 5)  # rank 3: the graph can hold it
+    adtn.api.initialize(layer, target, "auto", {"steps": 3000, "lr": 0.05})  # no template initialiser: fitted
+    assert float((layer.weight - target).norm() / target.norm()) < 0.05
+    with pytest.raises(AdtnError, match=r"init='decompose' needs an SVD-family initialiser, and template None \(a user graph\)"):
+        adtn.api.initialize(layer, target, "decompose")
+    from adtn.report import Report
+    assert Report.from_model(nn.Sequential(layer)).rows[0].template == "graph 'mine'"

@@ -113,7 +113,7 @@ class TNLayer(nn.Module):
             if given:
                 raise AdtnError(f"{where}: pass either structure= or template options, not both; got {given}")
             found = template_of(structure)
-            self.template = found[0].name if found else template
+            self.template = found[0].name if found else None  # a user graph: no template built it
             self.template_options = found[1] if found else {}
         tn_axes = _structure_axes(structure)
         if list(tn_axes) != list(axes) or any(tn_axes[ax] < n for ax, n in axes.items()):
@@ -241,7 +241,7 @@ class TNLayer(nn.Module):
 
     # ------------------------------------------------------------------ repr, pickling, encode
     def _tn_repr(self) -> str:
-        parts = [f"template={self.template!r}"]
+        parts = [f"template={self.template!r}" if self.template is not None else f"graph={self.structure.name!r}"]
         parts += [f"{k}={v!r}" for k, v in self.template_options.items() if k != "clip"]
         dense = math.prod(self.axes.values())
         n = self.num_tn_params
