@@ -629,9 +629,9 @@ def test_fast_conv_forms_keep_the_input_layout(name, options):
 @pytest.mark.parametrize("forward", ["dense", "direct", "auto"])
 def test_layers_run_under_autocast(template, forward):
     torch.manual_seed(0)
-    opts = {"init": "random"} if template == "adtn" else {}
+    opts = {"init": "random", "depth": 2} if template == "adtn" else {"budget": 0.3}
     for layer, x in [(nn.Linear(512, 256), torch.randn(64, 512)), (nn.Conv2d(32, 64, 3, padding=1), torch.randn(4, 32, 12, 12))]:
-        tn = encode(layer, template, budget=0.3, forward=forward, **opts)
+        tn = encode(layer, template, forward=forward, **opts)
         ref = tn(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = tn(x)
