@@ -148,9 +148,6 @@ def _budget_spec(where: str, t: Template, axes: dict[str, int], kwargs: dict, kn
     return best[1], effective_ranks(t, best[1], best[2])
 
 
-_SEMI_IN_MODES = {"semi_tt": -1, "semi_tr": 0}  # in modes that must divide by t: d - 1 (chain), d (ring)
-
-
 def _semi_modes(axes: dict[str, int], raw: Mapping[str, int], modes: tuple, t: int, offset: int):
     """Balanced default in modes made divisible by t where the semi-tensor bonds need it (padded if needed)."""
     inn = list(axes)[1]
@@ -217,9 +214,8 @@ def resolve(
     if "modes" in params:
         d = kwargs.pop("d", None) if "d" in params else None
         axes, kwargs["modes"] = _modes(where, axes, modes, d, nouns)
-        if modes is None and "t" in params and t.name in _SEMI_IN_MODES:
-            axes, kwargs["modes"] = _semi_modes(axes, raw, kwargs["modes"], int(kwargs.get("t", 2)),
-                                                _SEMI_IN_MODES[t.name])
+        if modes is None and "t" in params and t.t_in_modes is not None:
+            axes, kwargs["modes"] = _semi_modes(axes, raw, kwargs["modes"], int(kwargs.get("t", 2)), t.t_in_modes)
         if modes is None and d is None:
             d_default = len(kwargs["modes"][0])
     elif modes is not None:

@@ -23,7 +23,9 @@ class Template:
     the format's SVD-family initialiser: it decomposes ``dense`` (shaped like ``axes``) at the
     given ranks, or at the smallest ranks reaching relative error ``tol``, and returns the
     graph it built plus ``{param node: tensor}``. ``kinds`` says which weights it fits
-    ("linear": axes out, in; "conv": out, in, kh, kw)."""
+    ("linear": axes out, in; "conv": out, in, kh, kw). ``t_in_modes`` (semi-tensor formats):
+    how many of the d in modes the factor ``t`` must divide, as d + t_in_modes, so that default
+    modes are chosen (and the in axis padded) to fit."""
 
     name: str
     build: Callable[..., Any]
@@ -31,6 +33,7 @@ class Template:
     init: Callable[..., tuple[Any, dict]] | None = None
     kinds: tuple[str, ...] = ("linear", "conv")
     doc: str = ""
+    t_in_modes: int | None = None
 
 
 TEMPLATES: dict[str, Template] = {}
@@ -42,6 +45,7 @@ def register(
     formula: Callable[..., int] | None = None,
     init: Callable[..., tuple[Any, dict]] | None = None,
     kinds: tuple[str, ...] = ("linear", "conv"),
+    t_in_modes: int | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: ``@register("tt", formula=tt_params)`` on a template's build function."""
 
@@ -57,7 +61,7 @@ def register(
                 structure._template_options = dict(options)
             return structure
 
-        TEMPLATES[name] = Template(name, stamped, formula, init, tuple(kinds), doc)
+        TEMPLATES[name] = Template(name, stamped, formula, init, tuple(kinds), doc, t_in_modes)
         return stamped
 
     return decorate

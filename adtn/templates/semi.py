@@ -156,7 +156,7 @@ def semi_tr_params(
     return _semi_chain(axes, rank, modes, d, t, clip, True, "semi_tr", options, kernel_with).num_params
 
 
-@register("semi_tt", formula=semi_tt_params, init=init_semi_tt)
+@register("semi_tt", formula=semi_tt_params, init=init_semi_tt, t_in_modes=-1)  # A's in modes: all but the last
 def build_semi_tt(
     axes: Mapping[str, int],
     *,
@@ -185,7 +185,7 @@ def build_semi_tt(
     return _semi_chain(axes, rank, modes, d, t, clip, False, "semi_tt", options, kernel_with).graph("semi_tt")
 
 
-@register("semi_tr", formula=semi_tr_params, init=init_semi_tr)
+@register("semi_tr", formula=semi_tr_params, init=init_semi_tr, t_in_modes=0)  # every core is an A
 def build_semi_tr(
     axes: Mapping[str, int],
     *,
