@@ -11,7 +11,8 @@ B3 ADTN 4096x4096 depth 2 (ReLU) vs nn.Linear, batch 128 (goal <= 2.0).
 B7 conv 64->64, 3x3, 32x32, batch 64 (--full; 16 otherwise) at >= 4x compression (budget
    0.25) vs nn.Conv2d (goal <= 0.6): Tucker-2, CP, Kronecker with the default split,
    with a channel-separable split A (64, 1, 3, 1), B (1, 64, 1, 3), and with A (64, 1, 3, 3),
-   B (1, 64, 1, 1) (a 1x1 conv to R channels, then a 3x3 one).
+   B (1, 64, 1, 1) (a 1x1 conv to R channels, then a 3x3 one); TT and HT in the shape search's
+   SVD-like shape (kernel legs on the in core: a 3x3 conv to R channels, then a 1x1 one).
 All float32, 2 threads, forward="auto" (the mode each layer picks is printed).
 
 Every case runs once per round, round-robin, so that a busy machine slows all alike. Two
@@ -123,6 +124,8 @@ def conv_rows(rows: list, goals: list, repeats: int, full: bool) -> None:
         ("B7 Kronecker, default split", "kronecker", {}),
         ("B7 Kronecker, A(64,1,3,1) B(1,64,1,3)", "kronecker", {"factors": ((64, 1, 3, 1), (1, 64, 1, 3))}),
         ("B7 Kronecker, A(64,1,3,3) B(1,64,1,1)", "kronecker", {"factors": ((64, 1, 3, 3), (1, 64, 1, 1))}),
+        ("B7 TT, SVD-like shape (kernel_with=1)", "tt", {"modes": ((64, 1), (1, 64)), "kernel_with": 1}),
+        ("B7 HT, SVD-like shape (kernel_with=1)", "ht", {"modes": ((64, 1), (1, 64)), "kernel_with": 1}),
     ]:
         layer = encode(conv, template, budget=0.25, init="random", **options)
         assert isinstance(layer, TNConv2d)

@@ -661,3 +661,38 @@ def test_a_layer_on_a_user_graph_names_the_graph_not_a_template():
         adtn.api.initialize(layer, target, "decompose")
     from adtn.report import Report
     assert Report.from_model(nn.Sequential(layer)).rows[0].template == "graph 'mine'"
+
+
+# ---------------------------------------------------------------------- low-rank conv form
+LOW_RANK = [("tt", lambda o, i: {"rank": 3, "modes": ((o, 1), (1, i)), "kernel_with": 1}),
+            ("tr", lambda o, i: {"rank": [3, 1], "modes": ((o, 1), (1, i)), "kernel_with": 1}),
+            ("ht", lambda o, i: {"rank": 3, "modes": ((o, 1), (1, i)), "kernel_with": 1}),
+            ("semi_tt", lambda o, i: {"rank": 6, "t": 2, "modes": ((o, 1), (2, i // 2)), "kernel_with": 1})]
+
+
+@pytest.mark.parametrize("template, options", LOW_RANK, ids=[t for t, _ in LOW_RANK])
+def test_svd_like_conv_runs_as_two_convs(template, options):
+    torch.manual_seed(0)
+    for conv, x in [(nn.Conv2d(16, 32, 3, padding=1), torch.randn(2, 16, 9, 9)),
+                    (nn.Conv2d(16, 32, (3, 5), stride=2, padding=(1, 2), padding_mode="circular"), torch.randn(2, 16, 9, 9)),
+                    (nn.Conv1d(8, 12, 5, padding=2, bias=False), torch.randn(2, 8, 13))]:
+        layer = encode(conv, template, forward="direct", **options(conv.out_channels, conv.in_channels))
+        assert layer.choose_forward(tuple(x.shape)).form == "low_rank"
+        same = torch.func.functional_call(conv, {"weight": layer.weight, "bias": layer.bias}, (x,))
+        torch.testing.assert_close(layer(x), same, atol=1e-5, rtol=1e-4)
+
+
+def test_low_rank_form_gradcheck_and_where_it_does_not_apply():
+    conv = nn.Conv2d(4, 6, 3, padding=1).double()
+    layer = encode(conv, "ht", forward="direct", rank=2, modes=((6, 1), (1, 4)), kernel_with=1)
+    keys = list(layer.tn.params)
+    params = [layer.tn.params[k].detach().clone().requires_grad_() for k in keys]
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+
+    def run(x, *ps):
+        return torch.func.functional_call(layer, {f"tn.params.{k}": p for k, p in zip(keys, ps)}, (x,))
+
+    assert layer.choose_forward(tuple(x.shape)).form == "low_rank"
+    assert torch.autograd.gradcheck(run, (x, *params))
+    split_out = encode(nn.Conv2d(16, 32, 3), "ht", rank=3, modes=((8, 4), (1, 16)), kernel_with=1, forward="direct")
+    assert split_out.choose_forward((2, 16, 9, 9)).form == "unfold"  # out legs on two cores: no U | V cut

@@ -2,18 +2,21 @@
 
 The kernel's axes are ``out``, ``in``, ``kh``, ``kw`` (``out``, ``in``, ``kw`` for 1-D), the
 torch weight layout. Forward runs one of: ``dense`` (rebuild the kernel, ``F.conv2d``); the
-format's fast form for Tucker(-2), CP and Kronecker templates (see ``conv_forms.py``); or, for
-other formats, im2col (``F.unfold``) with the patches streamed through the network. ``"auto"``
+format's fast form for Tucker(-2), CP and Kronecker templates (see ``conv_forms.py``), or
+``low_rank`` for any network that splits into U (all out legs) and one core V (all in and
+kernel legs): V's kh x kw conv to R channels, then U's 1x1; or, for other networks, im2col (``F.unfold``) with the patches streamed through the network. ``"auto"``
 takes the cheapest by FLOPs. Internally everything is 2-D: a 1-D conv has height 1.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import opt_einsum as oe
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -140,10 +143,29 @@ class _TNConvNd(TNLayer):
         """Insert the virtual height of a 1-D conv at ``dim``."""
         return t.unsqueeze(dim) if self.nd == 1 else t
 
+    def _low_rank(self) -> tuple[tuple[tuple[str, ...], str, int], tuple[str, list[int], int]] | None:
+        """When one core holds every in and kernel leg and the rest of the network every ``out``
+        leg (legs of size 1 aside), as in the searched SVD-like shapes of tt, tr, ht and
+        semi_tt: how to read the network as U (O, R) and V (R, C, kh, kw), so that the conv runs
+        as V's kh x kw conv to R channels and U's 1x1 (``tucker_conv``). Computed once per
+        layer (the graph is fixed)."""
+        if "_low_rank_spec" not in self.__dict__:
+            self._low_rank_spec = _low_rank_spec(getattr(self.tn, "graph", None))
+        return self._low_rank_spec
+
+    def _low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        (u_nodes, equation, o), (nv, order_v, r) = self._low_rank()
+        p = self._params()
+        u = torch.einsum(equation, *[p[n] for n in u_nodes]).reshape(o, r)
+        v = p[nv].permute(order_v).reshape((r, self.in_channels) + self.kernel_size)
+        return u, self._spatial(v, 2)
+
     def _fast_form(self) -> str | None:
         """The name of this layer's fast conv form, if its template has one and it is exact."""
         if self.pads:
             return None
+        if self._low_rank() is not None:
+            return "low_rank"
         p = self._params()
         if self.template in TUCKER and "core" in p and ("u_in" in p or "u_out" in p):
             return "tucker2"
@@ -165,6 +187,9 @@ class _TNConvNd(TNLayer):
 
     def _fast_cost(self, form: str, n: int, h: int, w: int) -> int:
         p, geo = self._params(), self._geo
+        if form == "low_rank":
+            r = self._low_rank()[1][2]
+            return tucker_cost(n, h, w, (r, self.in_channels) + geo.kernel, None, self.out_channels, geo)
         if form == "tucker2":
             core = self._tucker_core().shape
             return tucker_cost(n, h, w, core, self.in_channels if "u_in" in p else None,
@@ -176,6 +201,9 @@ class _TNConvNd(TNLayer):
 
     def _run_fast(self, form: str, x: torch.Tensor) -> torch.Tensor:
         p, geo = self._params(), self._geo
+        if form == "low_rank":
+            u, v = self._low_rank_factors()
+            return tucker_conv(x, v, None, u, self.bias, geo)
         if form == "tucker2":
             return tucker_conv(x, self._tucker_core(), p.get("u_in"), p.get("u_out"), self.bias, geo)
         if form == "cp":
@@ -258,6 +286,42 @@ class _TNConvNd(TNLayer):
         named["init"] = named["init"] or "auto"
         named["forward"] = named["forward"] or "auto"
         return cls._encode(args, conv.weight, conv.bias, template, options=kw, **named)
+
+
+def _low_rank_spec(graph: Any) -> tuple[tuple[tuple[str, ...], str, int], tuple[str, list[int], int]] | None:
+    """See ``_TNConvNd._low_rank``: ((U's nodes, their einsum to (out legs, cut bonds), O),
+    (V's node, its dim order, R)), or None. U's side is the core with every wide ``out`` leg
+    plus the cores with no wide open leg (an HT root); V's side is the one core with every
+    wide in and kernel leg; R is the product of the bonds between the sides."""
+    if graph is None or graph.nodes_with_role("fixed") or graph.nodes_with_role("input"):
+        return None
+    wide = {ax: [leg for leg in legs if graph.leg_size(leg) > 1] for ax, legs in graph.outputs.items()}
+    out_nodes = {leg.node for leg in wide["out"]}
+    rest_nodes = {leg.node for ax, legs in wide.items() if ax != "out" for leg in legs}
+    if len(out_nodes) != 1 or len(rest_nodes) != 1 or out_nodes == rest_nodes:
+        return None
+    (nv,) = rest_nodes
+    u_nodes = tuple(n for n in graph.nodes if n != nv)
+    cut = [(b.a, b.b) if b.b.node == nv else (b.b, b.a) for b in graph.bonds if nv in (b.a.node, b.b.node)]
+    if any(a.node == nv for a, _ in cut):  # a bond of V's core with itself
+        return None
+    symbols = (oe.get_symbol(k) for k in itertools.count())
+    letters: dict[tuple[str, str], str] = {}  # U's legs; a bond inside U shares one letter
+    for b in graph.bonds:
+        if nv not in (b.a.node, b.b.node):
+            letters[(b.a.node, b.a.name)] = letters[(b.b.node, b.b.name)] = next(symbols)
+    for n in u_nodes:
+        for leg in graph.legs(n):
+            if (n, leg) not in letters:
+                letters[(n, leg)] = next(symbols)
+    terms = ["".join(letters[(n, leg)] for leg in graph.legs(n)) for n in u_nodes]
+    keep = [letters[(leg.node, leg.name)] for leg in wide["out"]] + [letters[(a.node, a.name)] for a, _ in cut]
+    names = list(graph.legs(nv))
+    lead = [b.name for _, b in cut] + [leg.name for ax, legs in wide.items() if ax != "out" for leg in legs]
+    order_v = [names.index(n) for n in lead] + [k for k, n in enumerate(names) if n not in lead]
+    o = math.prod(graph.leg_size(leg) for leg in wide["out"])
+    r = math.prod(graph.leg_size(a) for a, _ in cut)
+    return (u_nodes, ",".join(terms) + "->" + "".join(keep), o), (nv, order_v, r)
 
 
 class TNConv2d(_TNConvNd):

@@ -277,8 +277,11 @@ def _choice(template: str, cands: list[Candidate], finalists: list[Candidate], c
     def shown(c: Candidate) -> float:
         return score(c) if c.error is not None or c.output is not None else min(c.estimate, 1.0)
 
-    finals = sorted(finalists, key=score)
-    rest = sorted((c for c in cands if c not in finalists), key=score)
+    def rank(c: Candidate) -> tuple[float, int]:  # equal errors (to 1e-6): the fewer parameters
+        return round(score(c), 6), c.params
+
+    finals = sorted(finalists, key=rank)
+    rest = sorted((c for c in cands if c not in finalists), key=rank)
     ranked = finals + ([] if criterion == "output" else rest)
     best = ranked[0]
     if "clip" in _template_params(get(template)):  # report the ranks the network has, not the topped-up caps
