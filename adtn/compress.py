@@ -564,6 +564,9 @@ def compress(
     inputs, ref = _capture(work, jobs, calibration) if calibration is not None else ({}, None)
     for j in jobs:
         j.calib = inputs.get(j.name)
+    aliases: dict[int, list[str]] = {}
+    for name, module in work.named_modules(remove_duplicate=False):
+        aliases.setdefault(id(module), []).append(name)
 
     flexible = [j for j in jobs if not j.fixed]
     for j in jobs:
@@ -591,7 +594,8 @@ def compress(
         report.rows.append(LayerRow(j.name or ".", type(j.module).__name__, j.chosen, dict(layer.template_options),
                                     j.dense, layer.num_tn_params, before, after, fwd, werr, cerr, dict(j.tried),
                                     j.note, "" if choice is None else choice.summary()))
-        work = _replace(work, j.name, layer)
+        for name in aliases.get(id(j.module), [j.name]):  # a module used at several places stays shared
+            work = _replace(work, name, layer)
     report.skipped = skipped
     report.model_params_after = sum(p.numel() for p in work.parameters())
     if calibration is not None:

@@ -239,6 +239,24 @@ def test_nothing_to_compress_is_a_clear_error():
         compress(nn.Sequential(nn.Linear(4, 4)), "tt", budget=0.5, skip=nn.Linear)
 
 
+def test_a_layer_used_twice_is_replaced_everywhere_and_stays_shared():
+    shared = nn.Linear(32, 32)
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.head = shared, shared, nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.b(torch.relu(self.a(x))))
+
+    model = Twice()
+    out, report = compress(model, "tt", budget=0.3)
+    assert isinstance(out.a, TNLinear) and out.b is out.a and model.a is shared
+    assert [r.name for r in report.rows] == ["a", "head"]
+    assert report.model_params_after == sum(p.numel() for p in out.parameters())
+
+
 def test_a_calibration_batch_that_does_not_fit_is_a_clear_error():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
     with pytest.raises(AdtnError, match=r"calibration batch \(\(2, 4, 8, 8\)\) does not run through the model"):
