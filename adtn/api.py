@@ -357,6 +357,9 @@ def encode(
           "forward": forward, "fit_options": fit_options, **options}
     if isinstance(layer, TNLayer):
         raise AdtnError(f"encode: {type(layer).__name__} is already a TN layer")
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in layer.parameters(recurse=False)):
+        raise AdtnError(f"encode: {type(layer).__name__} is a lazy layer whose weight is not initialised yet; "
+                        "run one forward pass first")
     if isinstance(layer, nn.Linear):
         return TNLinear.from_linear(layer, template, **kw)
     if isinstance(layer, nn.Conv2d):

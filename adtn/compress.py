@@ -225,6 +225,9 @@ def _jobs(model: nn.Module, policy: Any, skip: Sequence[Any], options: dict[str,
         if _skipped(name, module, skip):
             skipped.append((name, "skip"))
             continue
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters(recurse=False)):
+            raise AdtnError(f"{where}: a lazy layer whose weight is not initialised yet; run one forward pass of "
+                            "the model first")
         value = _lookup(policy, name, module)
         if value is None:
             skipped.append((name, "the policy leaves it dense"))

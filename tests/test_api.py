@@ -122,6 +122,18 @@ def test_a_poor_fitted_init_is_reported():
         encode(lin, "adtn", budget=0.1)
 
 
+def test_lazy_and_meta_layers():
+    with pytest.raises(AdtnError, match="LazyLinear is a lazy layer whose weight is not initialised yet"):
+        encode(nn.LazyLinear(10), "tt", rank=2)
+    with pytest.raises(AdtnError, match=r"layer '0' \(LazyLinear\): a lazy layer"):
+        adtn.compress(nn.Sequential(nn.LazyLinear(10)), "tt", budget=0.3)
+    shaped = encode(nn.Conv2d(16, 8, 3, device="meta"), "tt", budget=0.5)  # sized, not initialised
+    assert shaped.weight.is_meta and shaped.num_tn_params <= 0.5 * 16 * 8 * 9
+    assert shaped.num_tn_params == encode(nn.Conv2d(16, 8, 3), "tt", budget=0.5, shape="default").num_tn_params
+    with pytest.raises(AdtnError, match="tol= needs the weight's values, and a meta-device layer has none"):
+        encode(nn.Linear(16, 8, device="meta"), "tt", tol=0.5)
+
+
 def test_fit_really_fits():
     lin = nn.Linear(16, 8)
     layer = encode(lin, "tucker2", rank=8, init="fit", fit_options={"steps": 300, "lr": 0.05})

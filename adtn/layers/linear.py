@@ -278,6 +278,10 @@ class TNLayer(nn.Module):
                 options["clip"] = True
             if choice.axes is not None:  # a zero-padded shape: the network is built on the padded axes
                 structure = get(template).build(choice.axes, rank=rank, **{**options, **choice.options})
+        if weight.is_meta:  # no values to start from: the network is only shaped (on the meta device)
+            if tol is not None:
+                raise AdtnError(f"{where}: tol= needs the weight's values, and a meta-device layer has none")
+            init = "random"
         if structure is not None:
             layer = cls(**args, **common, structure=structure)
             initialize(layer, weight, init, fit_options)
