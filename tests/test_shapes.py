@@ -273,3 +273,16 @@ def test_ring_error_on_a_big_weight_is_measured_not_guessed():
     graph, tensors = get("tr").init(w, axes, rank=choice.rank, **choice.options)
     real = float(torch.linalg.vector_norm(contract(graph, tensors) - w) / torch.linalg.vector_norm(w))
     assert choice.error == pytest.approx(real, rel=1e-3) or choice.error >= real
+
+
+def test_an_svd_like_choice_is_named_and_the_report_says_what_it_means_for_fine_tuning():
+    from adtn.report import Report
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(48, 4, generator=g) @ torch.randn(4, 64, generator=g)  # rank 4: the SVD shape is exact
+    layer = adtn.encode(_layer(w), "tt", budget=0.3)
+    assert layer.shape_choice.tag == "svd" and "(SVD-like)" in layer.shape_choice.summary()
+    text = str(Report.from_model(nn.Sequential(layer)))
+    assert "SVD-like shapes err least as compressed but fine-tune worse" in text
+    balanced = adtn.encode(_layer(w), "tt", budget=0.3, shape="default")
+    assert "SVD-like shapes" not in str(Report.from_model(nn.Sequential(balanced)))

@@ -54,6 +54,7 @@ class ShapeChoice:
     axes: dict[str, int] | None = None
     output_error: float | None = None
     criterion: str = "weight"
+    tag: str = ""  # "svd" (the truncated-SVD shape), "default", "padded" or ""
 
     def summary(self) -> str:
         """One line for ``extra_repr`` and reports: the shape, its error, the best runner-up's and
@@ -61,7 +62,8 @@ class ShapeChoice:
         pad = "" if self.axes is None else " padded " + "x".join(map(str, self.axes.values()))
         crit = "out err" if self.criterion == "output" else "err"
         mine = self.output_error if self.criterion == "output" else self.error
-        text = f"{_fmt(self.options)}{pad} rank={self.rank} {crit}={mine:.4f}"
+        svd = " (SVD-like)" if self.tag == "svd" else ""
+        text = f"{_fmt(self.options)}{pad}{svd} rank={self.rank} {crit}={mine:.4f}"
         if self.runners_up:
             opts, err = self.runners_up[0]
             text += f"; next {_fmt(opts)} {crit}={err:.4f}"
@@ -295,4 +297,4 @@ def _choice(template: str, cands: list[Candidate], finalists: list[Candidate], c
                        best.error if best.error is not None else min(best.estimate, 1.0),
                        best.params, best.error is not None, tuple((described(c), shown(c)) for c in ranked[1:6]),
                        None if default is None else shown(default), len(cands), seconds,
-                       None if best.axes == axes else dict(best.axes), best.output, criterion)
+                       None if best.axes == axes else dict(best.axes), best.output, criterion, best.tag)
