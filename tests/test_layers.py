@@ -696,3 +696,17 @@ def test_low_rank_form_gradcheck_and_where_it_does_not_apply():
     assert torch.autograd.gradcheck(run, (x, *params))
     split_out = encode(nn.Conv2d(16, 32, 3), "ht", rank=3, modes=((8, 4), (1, 16)), kernel_with=1, forward="direct")
     assert split_out.choose_forward((2, 16, 9, 9)).form == "unfold"  # out legs on two cores: no U | V cut
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("template", ["tt", "tucker2", "kronecker", "cp"])
+def test_half_precision_layers(dtype, template):
+    torch.manual_seed(0)
+    for layer, x in [(nn.Linear(64, 48), torch.randn(5, 64)), (nn.Conv2d(8, 16, 3, padding=1), torch.randn(2, 8, 7, 7))]:
+        half = encode(copy.deepcopy(layer).to(dtype), template, budget=0.5)
+        y = half(x.to(dtype))
+        assert y.dtype == dtype and half.weight.dtype == dtype
+        # the dense layer with the half network's own kernel, in float32
+        ref = torch.func.functional_call(layer, {"weight": half.weight.float(), "bias": half.bias.float()}, (x,))
+        torch.testing.assert_close(y.float(), ref, atol=0.05 * float(ref.abs().max()), rtol=0.05)
+        y.float().sum().backward()
