@@ -31,7 +31,7 @@ from .budget import knob_for_budget as _knob_for_budget
 from .errors import AdtnError, RankError, SchemaError, ShapeError, TemplateError
 from .graph import TensorGraph
 from .templates import Template, get, names
-from .templates.factor import default_modes, divisible_modes, factorize
+from .templates.factor import _is_int, default_modes, divisible_modes, factorize
 
 if TYPE_CHECKING:
     from .layers import TNLayer
@@ -159,18 +159,6 @@ def _semi_modes(axes: dict[str, int], raw: Mapping[str, int], modes: tuple, t: i
     return {**axes, inn: size}, (modes[0], in_modes)
 
 
-def _clip_uniform_rank(t: Template, axes: Mapping[str, int], kwargs: dict) -> dict:
-    """One int rank for all bonds is a cap, as in tensorly: bonds that cannot use it (a 3x3
-    kernel's, a 1x1 conv's spatial core) get their largest useful rank (the template's
-    ``clip``). Ranks given per bond stay strict, and so do the templates' own builders."""
-    rank = kwargs["rank"]
-    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
-        return kwargs
-    if "clip" in _template_params(t) and "clip" not in kwargs:
-        return {**kwargs, "clip": True}
-    return kwargs
-
-
 def resolve(
     where: str,
     template: str,
@@ -229,14 +217,17 @@ def resolve(
         if knob is None or t.formula is None:
             raise TemplateError(f"{where}: budget= needs template {t.name!r} to have a size option and a "
                                 "parameter formula; pass its options directly")
-        if "clip" in params and "clip" not in kwargs:
-            kwargs["clip"] = True
+        if "clip" in params:  # sizes the search tries may exceed a bond's useful rank: clipped, not errors
+            kwargs.setdefault("clip", True)
         alternatives = _shape_alternatives(where, t, raw, kwargs, d_default, nouns, float(budget) * dense)
         axes, kwargs = _budget_spec(where, t, axes, kwargs, knob, float(budget), dense, alternatives)
     elif knob is not None and given.get(knob) is not None:
         kwargs[knob] = given[knob]
-        if knob == "rank":
-            kwargs = _clip_uniform_rank(t, axes, kwargs)
+        if knob == "rank" and "clip" in params and _is_int(given[knob]):
+            # one int rank for all bonds is a cap, as in tensorly: bonds that cannot use it (a 3x3
+            # kernel's, a 1x1 conv's spatial core) get their largest useful rank. Ranks given per
+            # bond stay strict, and so do the templates' own builders
+            kwargs.setdefault("clip", True)
     elif knob is not None and tol is None and params[knob].default is inspect.Parameter.empty:
         raise RankError(f"{where}: template {t.name!r} needs a size: pass {knob}=, budget= (a fraction of the "
                         "dense parameters) or tol=")
