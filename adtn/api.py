@@ -302,6 +302,11 @@ def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, 
 
 
 
+def is_lazy(layer: nn.Module) -> bool:
+    """True for a lazy layer (``nn.LazyLinear``, ...) whose weight has no shape until its first forward."""
+    return any(isinstance(p, nn.parameter.UninitializedParameter) for p in layer.parameters(recurse=False))
+
+
 def encode(
     layer: nn.Module,
     template: str = "adtn",
@@ -348,7 +353,7 @@ def encode(
           "forward": forward, "fit_options": fit_options, **options}
     if isinstance(layer, TNLayer):
         raise AdtnError(f"encode: {type(layer).__name__} is already a TN layer")
-    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in layer.parameters(recurse=False)):
+    if is_lazy(layer):
         raise AdtnError(f"encode: {type(layer).__name__} is a lazy layer whose weight is not initialised yet; "
                         "run one forward pass first")
     if isinstance(layer, nn.Linear):

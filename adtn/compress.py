@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import _knob_for_budget, _template_params, encode, resolve
+from .api import _knob_for_budget, _template_params, encode, is_lazy, resolve
 from .errors import AdtnError, RankError, ShapeError, TemplateError
 from .report import LayerRow, Report, layer_flops
 from .templates import get, names
@@ -225,7 +225,7 @@ def _jobs(model: nn.Module, policy: Any, skip: Sequence[Any], options: dict[str,
         if _skipped(name, module, skip):
             skipped.append((name, "skip"))
             continue
-        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters(recurse=False)):
+        if is_lazy(module):
             raise AdtnError(f"{where}: a lazy layer whose weight is not initialised yet; run one forward pass of "
                             "the model first")
         value = _lookup(policy, name, module)
