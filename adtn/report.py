@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .shapes.search import SVD_MARK
 from .train import eval_mode
 
 __all__ = ["LayerRow", "Report", "layer_flops"]
@@ -166,7 +167,7 @@ class Report:
         lines += [f"left dense: {name} ({why})" for name, why in self.skipped]
         lines += [f"note: {r.name}: {r.note}" for r in self.rows if r.note]
         lines += [f"shape {r.name}: {r.shape}" for r in self.rows if r.shape]
-        if any("(SVD-like)" in r.shape for r in self.rows):
+        if any(SVD_MARK in r.shape for r in self.rows):
             lines.append("SVD-like shapes err least as compressed but fine-tune worse than the balanced ones at high "
                          "compression: pass shape='default' to compare (docs/compressing_models.md)")
         return lines

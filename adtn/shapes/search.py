@@ -27,6 +27,7 @@ SERIAL_NUMEL = 2**20
 BIG_NUMEL = 2**22  # above this many entries only MAX_SCREENED candidates are screened
 MAX_SCREENED = 48  # the whole search runs on one thread up to this many (see spectra.single_thread)
 Apply = Callable[[Tensor, Tensor], Tensor]
+SVD_MARK = "(SVD-like)"  # in ``ShapeChoice.summary``; reports (kept as text) find SVD-like choices by it
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class ShapeChoice:
         pad = "" if self.axes is None else " padded " + "x".join(map(str, self.axes.values()))
         crit = "out err" if self.criterion == "output" else "err"
         mine = self.output_error if self.criterion == "output" else self.error
-        svd = " (SVD-like)" if self.tag == "svd" else ""
+        svd = f" {SVD_MARK}" if self.tag == "svd" else ""
         text = f"{_fmt(self.options)}{pad}{svd} rank={self.rank} {crit}={mine:.4f}"
         if self.runners_up:
             opts, err = self.runners_up[0]
