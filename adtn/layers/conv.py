@@ -4,7 +4,8 @@ The kernel's axes are ``out``, ``in``, ``kh``, ``kw`` (``out``, ``in``, ``kw`` f
 torch weight layout. Forward runs one of: ``dense`` (rebuild the kernel, ``F.conv2d``); the
 format's fast form for Tucker(-2), CP and Kronecker templates (see ``conv_forms.py``), or
 ``low_rank`` for any network that splits into U (all out legs) and one core V (all in and
-kernel legs): V's kh x kw conv to R channels, then U's 1x1; or, for other networks, im2col (``F.unfold``) with the patches streamed through the network. ``"auto"``
+kernel legs): V's kh x kw conv to R channels, then U's 1x1; or, for other networks, im2col
+(``F.unfold``) with the patches streamed through the network. ``"auto"``
 takes the cheapest by FLOPs. Internally everything is 2-D: a 1-D conv has height 1.
 """
 

@@ -227,7 +227,8 @@ def _svd_like(template: str, axes: dict[str, int], budget: float, dense: int,
     The t = 1 fallback joins when no t >= 2 shape fits, and always for ``semi_tr`` (whose t >= 2
     conv shape pays kh kw squared entries, more than one rank of the SVD on small kernels)."""
     t = get(template)
-    cap = min(axes[next(iter(axes))], dense // axes[next(iter(axes))])
+    out = axes[weight_axes(axes, "shape search")[0]]
+    cap = min(out, dense // out)  # the rank of the (out | in*kh*kw) unfolding
 
     def sized(shapes: list[tuple[dict, Any]]) -> list[Candidate]:
         found = []
