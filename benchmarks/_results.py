@@ -20,12 +20,13 @@ def machine() -> str:
 
 
 def repro_parser(doc: str, full: str, smoke: str | None = None) -> argparse.ArgumentParser:
-    """The options every reproduction takes: ``--full`` (help ``full``), ``--smoke`` (when
+    """The options every reproduction takes: ``--full`` (help ``full``) or ``--smoke`` (when
     ``smoke`` is its help), ``--out`` (the results file) and ``--threads``."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help=full)
+    size = parser.add_mutually_exclusive_group()  # the scripts disagreed on which wins when both are given
+    size.add_argument("--full", action="store_true", help=full)
     if smoke is not None:
-        parser.add_argument("--smoke", action="store_true", help=smoke)
+        size.add_argument("--smoke", action="store_true", help=smoke)
     parser.add_argument("--out", type=Path, default=Path("docs/results.md"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     return parser
@@ -37,6 +38,11 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def run_flags(args: argparse.Namespace) -> str:
+    """The ``--full`` / ``--smoke`` flag a run was given, as written after its command (or "")."""
+    return " --full" if args.full else " --smoke" if getattr(args, "smoke", False) else ""
 
 
 def write_section(path: Path, heading: str, body: str) -> None:

@@ -30,7 +30,7 @@ import time
 import warnings
 
 import torch
-from _results import machine, parse, repro_parser, write_section
+from _results import machine, parse, repro_parser, run_flags, write_section
 from repro_stt import rel_error
 from torch import nn
 
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     layers = layer_errors(first, split.train_x[:256])
     a, b = fc1_table(fc1, fc_epochs), lenet_table(lenet, lenet_dense, dense_epochs, lenet_epochs)
     print("\n".join([*a, "", *b, "", *layers]))
-    flag = " --full" if args.full else " --smoke" if args.smoke else ""
+    flag = run_flags(args)
     body = [
         (f"{datetime.date.today()}, {machine()}, `python benchmarks/repro_ht.py{flag}` "
          f"({time.perf_counter() - start:.0f} s; seconds per row are compression + fine-tuning and noisy on a shared "

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-from _results import machine, parse, repro_parser, write_section
+from _results import machine, parse, repro_parser, run_flags, write_section
 from torch import nn
 
 import adtn
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     lines, results, dense_acc, n_test = run(s)
     print("\n".join(lines))
-    flag = " --smoke" if args.smoke else " --full" if args.full else ""
+    flag = run_flags(args)
     data = ("sklearn's 8x8 digits (1,437 train / 360 test)" if s.data == "digits"
             else "MNIST 5k at 28x28 (4,000 train / 1,000 test)")
     if s.train is not None:

@@ -30,7 +30,7 @@ import statistics
 import time
 
 import torch
-from _results import machine, parse, repro_parser, write_section
+from _results import machine, parse, repro_parser, run_flags, write_section
 
 import adtn
 from adtn.data import Split, load_mnist5k
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, dense_accs = run(split, dense_epochs, epochs, seeds)
     lines = table(rows, epochs)
     print("\n".join(lines))
-    flag = " --full" if args.full else " --smoke" if args.smoke else ""
+    flag = run_flags(args)
     body = [
         (f"{datetime.date.today()}, {machine()}, `python benchmarks/repro_stt.py{flag}` "
          f"({time.perf_counter() - start:.0f} s; seconds per row are encode + fine-tuning and noisy on a shared "
