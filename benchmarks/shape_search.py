@@ -80,6 +80,11 @@ def tucker2_error(w: torch.Tensor, params: int) -> float | None:
     return float((approx - w).norm() / w.norm())
 
 
+def chosen_shape(choice: adtn.shapes.ShapeChoice) -> str:
+    """The shape and rank of a search's choice, without its errors (a table cell)."""
+    return choice.summary().split(" err=")[0]
+
+
 def timing(small: bool, budget: float, templates: tuple[str, ...], repeat: int) -> list[str]:
     div = 4 if small else 1
     lines = [(f"Search time at budget {budget}, {torch.get_num_threads()} threads, best and median of {repeat} "
@@ -99,7 +104,7 @@ def timing(small: bool, budget: float, templates: tuple[str, ...], repeat: int) 
                 c = search(template, w, axes, budget)
                 walls.append(time.perf_counter() - t0)
             default = "-" if c.default_error is None else f"{c.default_error:.4f}"
-            shape_text = c.summary().split(" err=")[0]
+            shape_text = chosen_shape(c)
             lines.append(f"| {'x'.join(map(str, shape))} | {template} | {min(walls):.2f} | "
                          f"{statistics.median(walls):.2f} | {c.candidates} | {c.error:.4f} | {default} | {svd:.4f} | "
                          f"{shape_text} |")
@@ -145,7 +150,7 @@ def errors(budget: float, templates: tuple[str, ...]) -> list[str]:
                 continue
             rel = [float((m.weight.detach() - w).norm() / w.norm()) for m in (auto, fixed)]
             t2 = tucker2_error(w, auto.num_tn_params)
-            chosen = auto.shape_choice.summary().split(" err=")[0]
+            chosen = chosen_shape(auto.shape_choice)
             lines.append(f"| {name} | {'x'.join(map(str, w.shape))} | {template} | {auto.num_tn_params:,} | "
                          f"{rel[0]:.4f} | {rel[1]:.4f} | {svd_error(w, auto.num_tn_params):.4f} | "
                          f"{'-' if t2 is None else f'{t2:.4f}'} | {chosen} |")
@@ -187,7 +192,7 @@ def finetuned(templates: tuple[str, ...], budgets: tuple[float, ...], epochs: in
                 after = _fit(model, loaders, epochs, 5e-3)
                 cells.append(f"{model.fc1.num_tn_params:,}, {err:.3f}, {before:.3f} -> **{after:.3f}**")
                 if model.fc1.shape_choice is not None:
-                    chosen = model.fc1.shape_choice.summary().split(" err=")[0]
+                    chosen = chosen_shape(model.fc1.shape_choice)
             lines.append(f"| {template} | {budget} | {cells[0]} | {cells[1]} | {chosen} |")
             print(lines[-1], flush=True)
     return lines
