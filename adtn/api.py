@@ -273,8 +273,8 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
     result = fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **dict(fit_options or {}))
     if result.rel_error > POOR_FIT:
         warnings.warn(f"{type(layer).__name__}: fitting {name} to the weight stopped at relative error "
-                      f"{result.rel_error:.3f} ({result.stop} after {result.steps} steps): the layer does not reproduce "
-                      "the dense one; train it (adtn.finetune, distillation from the dense model) or pass "
+                      f"{result.rel_error:.3f} ({result.stop} after {result.steps} steps): the layer does not "
+                      "reproduce the dense one; train it (adtn.finetune, distillation from the dense model) or pass "
                       "init='random' to skip the fit", stacklevel=3)
 
 

@@ -75,7 +75,8 @@ def fit(
     if steps < 0 or lbfgs_steps < 0 or lr <= 0 or target < 0:
         raise AdtnError(f"fit: steps and lbfgs_steps must be >= 0, lr > 0, target >= 0; got {steps}, {lbfgs_steps}, {lr}, {target}")
     if patience is not None and patience < 1 or not 0 <= min_improvement < 1:
-        raise AdtnError(f"fit: patience must be None or >= 1 and 0 <= min_improvement < 1; got {patience}, {min_improvement}")
+        raise AdtnError(f"fit: patience must be None or >= 1 and 0 <= min_improvement < 1; got {patience}, "
+                        f"{min_improvement}")
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise AdtnError(f"fit: {type(module).__name__} has no trainable parameters")

@@ -216,7 +216,8 @@ def _svd_shapes(template: str, axes: dict[str, int], ts: tuple[int | None, ...]
             found.append(({"modes": modes, "t": t, **merge}, lambda r, t=t: t * r))
         elif spatial:  # the spatial core last in the ring: + kernel**2 entries
             found.append(({"modes": modes, "t": t}, lambda r, t=t: [1, t * r, kernel]))
-    plain = ({"modes": ((o, 1), (1, i)), "t": 1, **merge}, (lambda r: r) if template == "semi_tt" else (lambda r: [r, 1]))
+    plain_rank = (lambda r: r) if template == "semi_tt" else (lambda r: [r, 1])
+    plain = ({"modes": ((o, 1), (1, i)), "t": 1, **merge}, plain_rank)
     return found, [plain] if ts == SEMI_T or 1 in ts else []
 
 
