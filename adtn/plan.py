@@ -23,13 +23,65 @@ from .errors import AdtnError, GraphError
 from .graph import TensorGraph
 
 __all__ = [
-    "WORKSPACE", "Cost", "Plan", "Signature", "Step", "Workspace", "choose_optimizer", "clear_cache", "execute", "plain_ops",
-    "plan", "signature",
+    "COMPILE_BATCH", "WORKSPACE", "Cost", "LRUCache", "Plan", "Signature", "Step", "Workspace", "choose_optimizer",
+    "clear_cache", "compiling", "execute", "plain_ops", "plan", "signature", "trace_constant", "traced_batch",
 ]
 
 BATCH = "_batch"  # operand-name prefix of inputs fed to output axes
-_CACHE: OrderedDict[tuple, Plan] = OrderedDict()
-_CACHE_SIZE = 512
+
+
+class LRUCache(OrderedDict):
+    """A dict that keeps its ``maxsize`` most recently used entries (``get`` and stores count as
+    use), so a cache keyed by batch size stays bounded however many sizes a model sees."""
+
+    def __init__(self, maxsize: int = 16) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key not in self:
+            return default
+        self.move_to_end(key)
+        return self[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+
+
+_CACHE: LRUCache = LRUCache(512)
+
+
+# ---------------------------------------------------------------------- torch.compile
+# The batch size a layer plans and decides for when torch.compile traces it with a symbolic
+# batch (a dynamic dimension): one graph serves every size, so the choice is made once.
+COMPILE_BATCH = 64
+
+
+def compiling() -> bool:
+    """True while ``torch.compile`` (or ``torch.export``) traces."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler and compiler.is_compiling())
+
+
+def trace_constant(fn: Any) -> Any:
+    """Mark ``fn`` so that ``torch.compile`` runs it in plain Python while tracing and takes its
+    result as a constant (``torch.compiler.assume_constant_result``): planning (networkx,
+    opt_einsum) then never enters the graph. Its arguments must be modules, graphs or constants,
+    never symbolic sizes (see ``traced_batch``). The flag is set by hand because calling the
+    decorator imports dynamo (~0.7 s) on every ``import adtn``."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+def traced_batch(batch: Any) -> int | None:
+    """The batch size to plan for: ``batch`` in plain Python, ``COMPILE_BATCH`` while torch.compile
+    traces (a batch dimension may be symbolic there, and dynamo reports a symbolic int as an int,
+    so one plan serves every size; any plan is exact for any batch, only its cost differs)."""
+    return batch if batch is None or not compiling() else COMPILE_BATCH
+
 
 
 @dataclass(frozen=True)
@@ -203,7 +255,6 @@ def plan(
     key = (graph.structure_hash(), tuple(feed), batch if has_inputs else None, opt_key, memory_limit)
     hit = _CACHE.get(key) if isinstance(optimize, str) else None  # optimizer objects: never cached by id()
     if hit is not None:
-        _CACHE.move_to_end(key)
         return hit
     sig = signature(graph, feed, batch=batch if has_inputs else None)
     n = len(sig.operands)
@@ -227,8 +278,6 @@ def plan(
     result = Plan(sig, steps, cost, fed, out_axes)
     if isinstance(opt_key, str):
         _CACHE[key] = result
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
     return result
 
 
@@ -299,25 +348,31 @@ class Step:
         return cls(positions, oe.parser.convert_to_valid_einsum_chars(equation))
 
     def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
-        if any(t.dtype != operands[0].dtype for t in operands[1:]):  # autocast casts matmul results only
-            dtype = functools.reduce(torch.promote_types, (t.dtype for t in operands))
-            operands = tuple(t.to(dtype) for t in operands)
-        if not self.pairwise:
-            return torch.einsum(self.equation, *operands)
-        if operands[0].numel() + operands[1].numel() <= SMALL_STEP:  # layout is moot; tensordot is leaner
-            dims, perm = self.small
-            out = torch.tensordot(operands[0], operands[1], dims=dims)
-            return out if perm is None else out.permute(perm)
-        x, y = (operands[1], operands[0]) if self.swap else operands
-        if self.perm_x is not None:
-            x = x.permute(self.perm_x)
-        if self.perm_y is not None:
-            y = y.permute(self.perm_y)
-        free_x = x.shape[: self.n_free_x]
-        free_y = y.shape[self.n_shared:]
-        m, n, k = math.prod(free_x), math.prod(free_y), math.prod(x.shape[self.n_free_x:])
-        out = torch.matmul(x.reshape(m, k), y.reshape(k, n)).reshape(free_x + free_y)
-        return out if self.perm is None else out.permute(self.perm)
+        return run_step(self, operands)
+
+
+def run_step(step: Step, operands: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One step on its operands (``execute`` calls this function rather than the step: a plan
+    that torch.compile holds as a constant has attributes it reads, but no call it can guard)."""
+    if any(t.dtype != operands[0].dtype for t in operands[1:]):  # autocast casts matmul results only
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in operands))
+        operands = tuple(t.to(dtype) for t in operands)
+    if not step.pairwise:
+        return torch.einsum(step.equation, *operands)
+    if operands[0].numel() + operands[1].numel() <= SMALL_STEP:  # layout is moot; tensordot is leaner
+        dims, perm = step.small
+        out = torch.tensordot(operands[0], operands[1], dims=dims)
+        return out if perm is None else out.permute(perm)
+    x, y = (operands[1], operands[0]) if step.swap else operands
+    if step.perm_x is not None:
+        x = x.permute(step.perm_x)
+    if step.perm_y is not None:
+        y = y.permute(step.perm_y)
+    free_x = x.shape[: step.n_free_x]
+    free_y = y.shape[step.n_shared:]
+    m, n, k = math.prod(free_x), math.prod(free_y), math.prod(x.shape[step.n_free_x:])
+    out = torch.matmul(x.reshape(m, k), y.reshape(k, n)).reshape(free_x + free_y)
+    return out if step.perm is None else out.permute(step.perm)
 
 
 def execute(steps: Sequence[Step], operands: list[torch.Tensor]) -> torch.Tensor:
@@ -325,7 +380,7 @@ def execute(steps: Sequence[Step], operands: list[torch.Tensor]) -> torch.Tensor
     operands = list(operands)
     for step in steps:
         picked = [operands.pop(i) for i in step.positions]
-        operands.append(step(*picked))
+        operands.append(run_step(step, picked))
     return operands[0]
 
 
