@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdtnError, ShapeError
+from ..plan import COMPILE_BATCH
 from .conv_forms import (
     ConvGeometry,
     Work,
@@ -37,7 +38,6 @@ from .conv_forms import (
     tucker_cost,
     unfold_input,
 )
-from ..plan import COMPILE_BATCH
 from .forward import MEMORY_WEIGHT, Choice, choose, tn_cost
 from .linear import TNLayer
 
