@@ -114,3 +114,20 @@ def test_compressed_models_compile(model, policy):
     make, shape = MODELS[model]
     compressed, _ = adtn.compress(make(), policy, budget=0.3, init="random")
     check_compiled(compressed, [torch.randn(2, *shape), torch.randn(3, *shape)])
+
+
+@pytest.mark.parametrize("make", [lambda: TNLinear(8, 6, template="tt", rank=2, forward="direct", dtype=torch.float64),
+                                  lambda: TNConv2d(4, 3, 3, template="tucker2", rank=2, forward="direct",
+                                                   dtype=torch.float64)], ids=["tt_linear", "tucker2_conv"])
+def test_compiled_gradients_pass_gradcheck(make):
+    layer = make()
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    x = torch.randn((2, 8) if isinstance(layer, TNLinear) else (1, 4, 4, 4), dtype=torch.float64, requires_grad=True)
+    params = list(layer.tn.parameters())
+
+    def f(x, *tensors):
+        return torch.func.functional_call(layer, dict(zip([f"tn.{n}" for n, _ in layer.tn.named_parameters()],
+                                                          tensors)), (x,))
+
+    assert torch.autograd.gradcheck(lambda x: compiled(x), (x,))
+    assert torch.autograd.gradcheck(torch.compile(f, fullgraph=True, backend="eager"), (x, *params))
