@@ -44,7 +44,8 @@ from .deep import PREV, DeepTN, fused_schedule, trace_gates, windows
 from .errors import AdtnError, ShapeError
 from .initializers import fixed_tensor, identity_like
 from .module import PLANS, _Buffers, check_fed_input, feed_axes
-from .plan import WORKSPACE, Cost, LRUCache, Plan, execute, plain_ops, plan, trace_constant, traced_batch
+from .plan import WORKSPACE, Cost, Plan, execute, plain_ops, plan
+from .tracing import LRUCache, trace_constant, traced_batch
 
 __all__ = ["DeepTNModule", "GateInit"]
 

@@ -21,7 +21,8 @@ from torch import nn
 from .errors import AdtnError, GraphError, ShapeError
 from .graph import TensorGraph
 from .initializers import InitSpec, fixed_tensor, initial_tensors
-from .plan import Cost, LRUCache, Plan, compiling, execute, plan, trace_constant, traced_batch
+from .plan import Cost, Plan, execute, plan
+from .tracing import LRUCache, compiling, trace_constant, traced_batch
 
 __all__ = ["PLANS", "TNModule", "check_fed_input", "compile", "feed_axes"]
 

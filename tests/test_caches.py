@@ -11,7 +11,7 @@ from torch import nn
 from adtn.layers import TNConv2d, TNLinear
 from adtn.layers.linear import CHOICES
 from adtn.module import PLANS
-from adtn.plan import LRUCache
+from adtn.tracing import LRUCache
 
 planning = importlib.import_module("adtn.plan")  # the module (``adtn.plan`` is also the function)
 

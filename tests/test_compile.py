@@ -8,7 +8,7 @@ from torch import nn
 import adtn
 from adtn.layers import TNConv1d, TNConv2d, TNLinear
 from adtn.models import fc2, lenet5, resnet
-from adtn.plan import COMPILE_BATCH
+from adtn.tracing import COMPILE_BATCH
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdtnError, ShapeError
-from ..plan import COMPILE_BATCH
+from ..tracing import COMPILE_BATCH
 from .conv_forms import (
     ConvGeometry,
     Work,

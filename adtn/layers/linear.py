@@ -30,8 +30,9 @@ from ..errors import AdtnError, ShapeError
 from ..graph import TensorGraph
 from ..module import check_fed_input
 from ..module import compile as compile_graph
-from ..plan import COMPILE_BATCH, WORKSPACE, LRUCache, compiling, plain_ops, trace_constant
+from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
+from ..tracing import COMPILE_BATCH, LRUCache, compiling, trace_constant
 from .chain import ChainPlan, chain_apply, chain_plan
 from .forward import ACTIVATION_WEIGHT, Choice, check_mode, choose, tn_cost
 
