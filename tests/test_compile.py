@@ -131,3 +131,20 @@ def test_compiled_gradients_pass_gradcheck(make):
 
     assert torch.autograd.gradcheck(lambda x: compiled(x), (x,))
     assert torch.autograd.gradcheck(torch.compile(f, fullgraph=True, backend="eager"), (x, *params))
+
+
+def test_changing_the_forward_mode_recompiles():
+    """The compiled graph guards on ``forward_mode``: a layer switched to dense after compiling is traced again."""
+    from torch._dynamo.testing import CompileCounter
+
+    layer = TNLinear(24, 20, template="tt", rank=2, forward="direct")
+    counter = CompileCounter()
+    compiled = torch.compile(layer, fullgraph=True, backend=counter)
+    x = torch.randn(3, 24)
+    compiled(x)
+    compiled(x)
+    assert counter.frame_count == 1
+    layer.forward_mode = "dense"
+    torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-5)
+    assert counter.frame_count == 2
+    assert ((COMPILE_BATCH,), False, "direct") in layer._choices

@@ -81,7 +81,7 @@ class TNLayer(nn.Module):
 
     kind = "linear"
     nouns: ClassVar[dict[str, str]] = {}
-    # the shape key a layer decides for under torch.compile, per symbolic entry (see ``_mode``)
+    # the input shape key a layer decides for while torch.compile traces (see ``_mode``)
     compile_key: ClassVar[tuple[int, ...]] = (COMPILE_BATCH,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
