@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["COMPILE_BATCH", "LRUCache", "compiling", "trace_constant", "traced_batch"]
+__all__ = ["COMPILE_BATCH", "LRUCache", "compiling", "trace_constant", "traced_batch", "tracing"]
 
 
 class LRUCache(OrderedDict):
@@ -44,9 +44,18 @@ COMPILE_BATCH = 64
 
 
 def compiling() -> bool:
-    """True while ``torch.compile`` (or ``torch.export``) traces."""
+    """True while ``torch.compile`` (or ``torch.export``) compiles, also in the plain Python it runs
+    meanwhile (a ``trace_constant`` function): Python-side caches are then off."""
     compiler = getattr(torch, "compiler", None)
     return bool(compiler and compiler.is_compiling())
+
+
+def tracing() -> bool:
+    """True only while dynamo traces the code symbolically (not in a ``trace_constant`` function it
+    runs in plain Python, where sizes are real ints): where to switch to nominal sizes."""
+    compiler = getattr(torch, "compiler", None)
+    check = getattr(compiler, "is_dynamo_compiling", None) or getattr(compiler, "is_compiling", None)
+    return bool(check and check())
 
 
 def trace_constant(fn: Any) -> Any:
@@ -60,7 +69,7 @@ def trace_constant(fn: Any) -> Any:
 
 
 def traced_batch(batch: Any) -> int | None:
-    """The batch size to plan for: ``batch`` in plain Python, ``COMPILE_BATCH`` while torch.compile
-    traces (a batch dimension may be symbolic there, and dynamo reports a symbolic int as an int,
+    """The batch size to plan for: ``batch`` in plain Python, ``COMPILE_BATCH`` while dynamo traces
+    (``tracing``; a batch dimension may be symbolic there, and dynamo reports a symbolic int as an int,
     so one plan serves every size; any plan is exact for any batch, only its cost differs)."""
-    return batch if batch is None or not compiling() else COMPILE_BATCH
+    return batch if batch is None or not tracing() else COMPILE_BATCH

@@ -32,7 +32,7 @@ from ..module import check_fed_input
 from ..module import compile as compile_graph
 from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
-from ..tracing import COMPILE_BATCH, LRUCache, compiling, trace_constant
+from ..tracing import COMPILE_BATCH, LRUCache, compiling, trace_constant, tracing
 from .chain import ChainPlan, chain_apply, chain_plan
 from .forward import ACTIVATION_WEIGHT, Choice, check_mode, choose, tn_cost
 
@@ -222,7 +222,7 @@ class TNLayer(nn.Module):
         While torch.compile traces, the choice is made in plain Python (``trace_constant``) for the
         nominal shape ``compile_key`` with the weight not cached: the batch may be symbolic there, and
         one graph then serves every batch size."""
-        if compiling():
+        if tracing():
             return _traced_choice(self, self.compile_key, False, self.forward_mode)
         return _traced_choice(self, key, self._cached(), self.forward_mode)
 
