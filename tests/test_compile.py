@@ -148,3 +148,15 @@ def test_changing_the_forward_mode_recompiles():
     torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-5)
     assert counter.frame_count == 2
     assert ((COMPILE_BATCH,), False, "direct") in layer._choices
+
+
+def test_tn_module_apply_and_dense_compile():
+    from adtn.testing import tt_chain
+
+    module = adtn.compile(tt_chain((2, 3, 4), rank=2))
+    apply = torch.compile(lambda x: module.apply(x, "in"), fullgraph=True, backend="eager")
+    dense = torch.compile(lambda: module.dense(), fullgraph=True, backend="eager")
+    for batch in (3, 5):
+        x = torch.randn(batch, 24)
+        torch.testing.assert_close(apply(x), module.apply(x, "in"))
+    torch.testing.assert_close(dense(), module.dense())
