@@ -7,7 +7,7 @@ axes and build options; ``initialize`` sets a layer's network from a dense weigh
     layer = adtn.encode(nn.Linear(4096, 4096), template="adtn", depth=1)
     layer = adtn.encode(conv, template="kronecker", rank=8)
     layer = adtn.encode(linear, template="tt", budget=0.05, init="decompose")
-    adtn.save(model, "model.pt"); model = adtn.load("model.pt")
+    adtn.save(model, "model.pt"); model = adtn.load_into(Net(), "model.pt")  # or adtn.load("model.pt")
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,7 +27,7 @@ from torch import nn
 from .budget import FILL, effective_ranks, kronecker_splits
 from .budget import fill_ranks as _fill_budget
 from .budget import knob_for_budget as _knob_for_budget
-from .errors import AdtnError, RankError, SchemaError, ShapeError, TemplateError
+from .errors import AdtnError, RankError, ShapeError, TemplateError
 from .graph import TensorGraph
 from .templates import Template, get, names
 from .templates.factor import _is_int, default_modes, divisible_modes, factorize
@@ -36,9 +35,8 @@ from .templates.factor import _is_int, default_modes, divisible_modes, factorize
 if TYPE_CHECKING:
     from .layers import TNLayer
 
-__all__ = ["FORMAT", "INITS", "Spec", "encode", "initialize", "load", "resolve", "save", "tol_structure"]
+__all__ = ["FORMAT", "INITS", "Spec", "encode", "initialize", "load", "load_into", "resolve", "save", "tol_structure"]
 
-FORMAT = "adtn.model/1"
 SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d"
 INITS = ("auto", "decompose", "fit", "random")
 
@@ -367,43 +365,5 @@ def encode(
     raise AdtnError(f"encode: {name} is not supported; supported: {SUPPORTED}")
 
 
-def _manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Per TN layer: class, template and its structure as JSON (readable without unpickling torch modules)."""
-    from .layers import TNLayer
-
-    layers = {}
-    for name, module in model.named_modules():
-        if isinstance(module, TNLayer):
-            layers[name or "."] = {"class": type(module).__name__, "template": module.template,
-                                   "axes": dict(module.axes), "structure": module.structure.to_json()}
-    return layers
-
-
-def save(model: nn.Module, path: str | Path | BinaryIO) -> None:
-    """Save a model holding TN layers (any ``nn.Module``) so that ``load`` returns it, outputs bit-exact.
-
-    The file holds ``{"format": "adtn.model/1", "model": <the pickled module>, "layers": {...}}``;
-    each TN layer's structure is also kept as JSON under ``layers``.
-    """
-    if not isinstance(model, nn.Module):
-        raise AdtnError(f"save: model must be an nn.Module, got {type(model).__name__}")
-    for module in model.modules():  # rebuilt weights are caches: do not store them
-        if getattr(module, "_dense_cache", None) is not None:
-            module._dense_cache = None
-    from . import __version__
-
-    payload = {"format": FORMAT, "adtn_version": __version__, "torch_version": torch.__version__,
-               "layers": _manifest(model), "model": model}
-    torch.save(payload, path)
-
-
-def load(path: str | Path | BinaryIO, map_location: Any = None) -> nn.Module:
-    """Load a model written by ``save``; ``map_location`` as in ``torch.load``.
-
-    The file is unpickled (``torch.load(weights_only=False)``): load only files you trust.
-    """
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-    if got != FORMAT:
-        raise SchemaError(f"load: expected a file written by adtn.save (format {FORMAT!r}), got {got!r}")
-    return payload["model"]
+# saving lives in manifest.py; imported last, as it builds on the layers that import this module
+from .manifest import FORMAT, load, load_into, save
