@@ -12,6 +12,7 @@ axes and build options; ``initialize`` sets a layer's network from a dense weigh
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import math
@@ -35,7 +36,7 @@ from .templates.factor import _is_int, default_modes, divisible_modes, factorize
 if TYPE_CHECKING:
     from .layers import TNLayer
 
-__all__ = ["FORMAT", "INITS", "Spec", "encode", "initialize", "load", "load_into", "resolve", "save", "tol_structure"]
+__all__ = ["FORMAT", "INITS", "OversizeWarning", "Spec", "check_budget", "encode", "initialize", "load", "load_into", "resolve", "save", "tol_structure", "true_ranks"]
 
 SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d"
 INITS = ("auto", "decompose", "fit", "random")
@@ -146,6 +147,43 @@ def _budget_spec(where: str, t: Template, axes: dict[str, int], kwargs: dict, kn
     return best[1], effective_ranks(t, best[1], best[2])
 
 
+def check_budget(where: str, budget: Any) -> None:
+    """A budget is a fraction of the dense parameters in (0, 1]: more than the dense layer is no compression."""
+    if (isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not math.isfinite(budget)
+            or not 0 < budget <= 1):
+        raise RankError(f"{where}: budget is a fraction of the dense parameters, in (0, 1], got {budget!r}")
+
+
+def true_ranks(t: Template, axes: dict[str, int], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` whose one int rank (a cap under ``clip``) is replaced by the ranks the network
+    really gets when some bond cannot use it: per bond (a list or tuple, where the template takes
+    one and gives the same graph), else the smallest int giving the same graph. Unchanged when
+    every bond gets the rank, so ``rank=`` and the repr say what the network has."""
+    rank = kwargs.get("rank")
+    if not kwargs.get("clip") or not _is_int(rank) or rank <= 1:
+        return kwargs
+
+    def structure(r: Any) -> str | None:
+        try:
+            return t.build(axes, **{**kwargs, "rank": r}).structure_hash()
+        except (AdtnError, TypeError, ValueError):
+            return None
+
+    want = structure(rank)
+    if want is None:
+        return kwargs
+    for n in range(1, 9):
+        for seq in (list, tuple):
+            if structure(seq([rank] * n)) == want:
+                per_bond = effective_ranks(t, axes, {**kwargs, "rank": seq([rank] * n)})
+                return kwargs if all(r == rank for r in per_bond["rank"]) else per_bond
+    lo, hi = 1, rank  # no per-bond form: the smallest uniform cap giving this graph
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if structure(mid) == want else (mid + 1, hi)
+    return {**kwargs, "rank": lo}
+
+
 def _semi_modes(axes: dict[str, int], raw: Mapping[str, int], modes: tuple, t: int, offset: int):
     """Balanced default in modes made divisible by t where the semi-tensor bonds need it (padded if needed)."""
     inn = list(axes)[1]
@@ -210,8 +248,7 @@ def resolve(
     if depth is not None and knob != "depth":
         kwargs["depth"] = depth
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 < budget:
-            raise RankError(f"{where}: budget is a fraction of the dense parameters, > 0, got {budget!r}")
+        check_budget(where, budget)
         if knob is None or t.formula is None:
             raise TemplateError(f"{where}: budget= needs template {t.name!r} to have a size option and a "
                                 "parameter formula; pass its options directly")
@@ -226,6 +263,7 @@ def resolve(
             # kernel's, a 1x1 conv's spatial core) get their largest useful rank. Ranks given per
             # bond stay strict, and so do the templates' own builders
             kwargs.setdefault("clip", True)
+            kwargs = true_ranks(t, axes, kwargs)
     elif knob is not None and tol is None and params[knob].default is inspect.Parameter.empty:
         raise RankError(f"{where}: template {t.name!r} needs a size: pass {knob}=, budget= (a fraction of the "
                         "dense parameters) or tol=")
@@ -277,9 +315,20 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
 
 
 def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes, init, options):
-    """(structure, node tensors) from the template's initialiser at the smallest size reaching ``tol``."""
+    """(structure, node tensors, ShapeChoice or None) from the template's initialiser at the
+    smallest size reaching ``tol``.
+
+    For a searchable template (``adtn.shapes.SEARCHABLE``) with no ``modes=`` / ``factors=`` /
+    ``d=`` / ``kernel_with=`` and no ``shape="default"``, the shape is searched too: the
+    initialiser first runs on the default shape; then, up to three times, ``adtn.shapes.search``
+    finds the shape with the lowest error at the parameters that network has, and the
+    initialiser runs on that shape; the smallest network reaching ``tol`` is kept.
+    """
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
         raise RankError(f"{where}: tol is a relative Frobenius error in (0, 1), got {tol!r}")
+    options = dict(options)
+    shape = options.pop("shape", "unset")
+    options.pop("calibration", None)  # the tolerance is on the weight
     axes = cls.weight_axes(**args)
     spec = resolve(where, template, axes, cls.kind, rank=rank, depth=depth, budget=budget, tol=tol, modes=modes,
                    options=options, nouns=cls.nouns)
@@ -291,13 +340,51 @@ def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, 
         raise RankError(f"{where}: tol needs init='decompose', and template {t.name!r} has no SVD-family "
                         "initialiser; pass rank= or budget=")
     dense = weight.detach()
-    if spec.axes != axes:
-        padded = dense.new_zeros(tuple(spec.axes.values()))
-        padded[tuple(slice(0, n) for n in axes.values())] = dense
-        dense = padded
-    return t.init(dense, spec.axes, tol=float(tol), **spec.kwargs)
+    best = (*t.init(_padded(dense, spec.axes), spec.axes, tol=float(tol), **spec.kwargs), None)
+    forced = modes is not None or any(options.get(k) is not None for k in ("factors", "d", "kernel_with"))
+    if shape in ("default", None) or forced or weight.is_meta:
+        return best
+    from .shapes import SEARCHABLE, search
+
+    if template not in SEARCHABLE:
+        if shape == "auto":
+            raise AdtnError(f"{where}: shape='auto' supports templates {list(SEARCHABLE)}, got {template!r}")
+        return best
+    fixed = {k: v for k, v in spec.kwargs.items() if k not in ("modes", "factors", "d", "t", "rank")}
+    for _ in range(3):
+        try:
+            choice = search(template, dense, axes, min(1.0, best[0].num_params / dense.numel()), t=options.get("t"))
+        except AdtnError:
+            break
+        ax = choice.axes or axes
+        graph, tensors = t.init(_padded(dense, ax), ax, tol=float(tol), **fixed, **choice.options)
+        if graph.num_params >= best[0].num_params:
+            break
+        best = (graph, tensors, _tol_choice(choice, graph, tensors, dense))
+    return best
 
 
+def _tol_choice(choice: Any, graph: TensorGraph, tensors: Mapping[str, torch.Tensor], dense: torch.Tensor) -> Any:
+    """The search's choice restated for the network ``tol`` built in its shape: its ranks, size and error
+    (the runners-up and the default shape were compared at another size, so they are left out)."""
+    from .templates.init_common import contract
+    from .templates.registry import template_of
+
+    approx = contract(graph, tensors)[tuple(slice(0, n) for n in dense.shape)]
+    err = float(torch.linalg.vector_norm(approx - dense) / torch.linalg.vector_norm(dense).clamp_min(1e-30))
+    found = template_of(graph)
+    rank = found[1].get("rank") if found else choice.rank
+    return dataclasses.replace(choice, rank=rank, error=err, params=graph.num_params, measured=True, runners_up=(),
+                               default_error=None, output_error=None, criterion="weight")
+
+
+def _padded(dense: torch.Tensor, axes: Mapping[str, int]) -> torch.Tensor:
+    """``dense`` zero-padded to ``axes``' sizes (itself when they match)."""
+    if tuple(dense.shape) == tuple(axes.values()):
+        return dense
+    out = dense.new_zeros(tuple(axes.values()))
+    out[tuple(slice(0, n) for n in dense.shape)] = dense
+    return out
 
 
 def is_lazy(layer: nn.Module) -> bool:
@@ -349,20 +436,40 @@ def encode(
 
     kw = {"depth": depth, "rank": rank, "budget": budget, "tol": tol, "modes": modes, "init": init,
           "forward": forward, "fit_options": fit_options, **options}
+    if budget is not None:
+        check_budget("encode", budget)
     if isinstance(layer, TNLayer):
         raise AdtnError(f"encode: {type(layer).__name__} is already a TN layer")
     if is_lazy(layer):
         raise AdtnError(f"encode: {type(layer).__name__} is a lazy layer whose weight is not initialised yet; "
                         "run one forward pass first")
     if isinstance(layer, nn.Linear):
-        return TNLinear.from_linear(layer, template, **kw)
-    if isinstance(layer, nn.Conv2d):
-        return TNConv2d.from_conv2d(layer, template, **kw)
-    if isinstance(layer, nn.Conv1d):
-        return TNConv1d.from_conv1d(layer, template, **kw)
-    kind = type(layer)
-    name = f"nn.{kind.__name__}" if kind.__module__.startswith("torch.nn") else kind.__name__
-    raise AdtnError(f"encode: {name} is not supported; supported: {SUPPORTED}")
+        out = TNLinear.from_linear(layer, template, **kw)
+    elif isinstance(layer, nn.Conv2d):
+        out = TNConv2d.from_conv2d(layer, template, **kw)
+    elif isinstance(layer, nn.Conv1d):
+        out = TNConv1d.from_conv1d(layer, template, **kw)
+    else:
+        kind = type(layer)
+        name = f"nn.{kind.__name__}" if kind.__module__.startswith("torch.nn") else kind.__name__
+        raise AdtnError(f"encode: {name} is not supported; supported: {SUPPORTED}")
+    _warn_oversize(layer, out)
+    return out
+
+
+class OversizeWarning(UserWarning):
+    """A TN layer with more parameters than the dense weight it replaces."""
+
+
+def _warn_oversize(dense: nn.Module, layer: TNLayer) -> None:
+    n, full = layer.num_tn_params, dense.weight.numel()
+    if n <= full:
+        return
+    options = ", ".join(f"{k}={v!r}" for k, v in layer.template_options.items() if k != "clip")
+    warnings.warn(f"encode: {type(dense).__name__} weight {tuple(dense.weight.shape)} as template "
+                  f"{layer.template!r} ({options}) has {n:,} parameters, {n / full:.2f}x the dense weight's {full:,}: "
+                  "larger than the layer it replaces; pass a smaller rank= or depth=, a budget= in (0, 1] or a "
+                  "looser tol=", OversizeWarning, stacklevel=3)
 
 
 # saving lives in manifest.py; imported last, as it builds on the layers that import this module

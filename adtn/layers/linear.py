@@ -289,8 +289,8 @@ class TNLayer(nn.Module):
             layer = cls(**args, **common, rank=rank, depth=depth, budget=budget, modes=modes, **options)
             initialize(layer, weight, init, fit_options)
         else:
-            structure, tensors = tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes,
-                                                init, options)
+            structure, tensors, choice = tol_structure(cls, where, args, weight, template, rank, depth, budget, tol,
+                                                        modes, init, options)
             layer = cls(**args, **common, structure=structure)
             layer.load_node_tensors(tensors)
         layer.shape_choice = choice
@@ -318,6 +318,8 @@ def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weig
     """
     from ..shapes import SEARCHABLE, search
 
+    if tol is not None:  # tol= searches its own shape (api.tol_structure)
+        return None
     shape = options.pop("shape", "unset")
     calibration = options.pop("calibration", None)
     if shape not in SHAPES + ("unset",):
