@@ -36,7 +36,7 @@ from .templates.factor import _is_int, default_modes, divisible_modes, factorize
 if TYPE_CHECKING:
     from .layers import TNLayer
 
-__all__ = ["FORMAT", "INITS", "OversizeWarning", "Spec", "check_budget", "encode", "initialize", "load", "load_into", "resolve", "save", "tol_structure", "true_ranks"]
+__all__ = ["FORMAT", "INITS", "OversizeWarning", "Spec", "check_budget", "encode", "initialize", "load", "load_into", "match_norm", "resolve", "save", "tol_structure", "true_ranks"]
 
 SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d"
 INITS = ("auto", "decompose", "fit", "random")
@@ -284,12 +284,19 @@ POOR_FIT = 0.5  # a fitted init with a larger relative weight error is reported
 def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_options: Mapping | None = None) -> None:
     """Set ``layer.tn`` from a dense weight, in place.
 
-    ``"auto"``: the template's SVD-family initialiser when it has one, else ``adtn.fit``;
-    ``"decompose"``: the initialiser or an error; ``"fit"``: gradient descent; ``"random"``: nothing.
+    ``"auto"``: the template's SVD-family initialiser when it has one; a deep ADTN (no
+    initialiser, and fitting one is slow and rarely gets close) starts random; any other
+    network is fitted (``adtn.fit``). ``"decompose"``: the initialiser or an error; ``"fit"``:
+    gradient descent, with a progress bar on a terminal; ``"random"``: the layer's random
+    network scaled to the dense weight's Frobenius norm, so that on inputs of unit variance its
+    outputs have the dense layer's variance.
     """
     if init not in INITS:
         raise AdtnError(f"init must be one of {list(INITS)}, got {init!r}")
+    if init == "auto" and not isinstance(layer.structure, TensorGraph):  # a DeepTN
+        init = "random"
     if init == "random":
+        match_norm(layer, dense)
         return
     target = layer.pad_weight(dense.detach())
     t = get(layer.template) if layer.template is not None else None  # None: the user's own graph
@@ -306,12 +313,33 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
                         f"{name} has none; use init='fit' (gradient descent) or 'auto'")
     from .fitting import fit
 
-    result = fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **dict(fit_options or {}))
+    options = {"progress": None, **dict(fit_options or {})}  # None: a bar on a terminal only
+    result = fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **options)
     if result.rel_error > POOR_FIT:
         warnings.warn(f"{type(layer).__name__}: fitting {name} to the weight stopped at relative error "
                       f"{result.rel_error:.3f} ({result.stop} after {result.steps} steps): the layer does not "
                       "reproduce the dense one; train it (adtn.finetune, distillation from the dense model) or pass "
                       "init='random' to skip the fit", stacklevel=3)
+
+
+@torch.no_grad()
+def match_norm(layer: TNLayer, dense: torch.Tensor) -> None:
+    """Scale ``layer``'s network so that its (cropped) weight has the Frobenius norm of ``dense``:
+    E|Wx|^2 = |W|_F^2 for inputs of unit variance, so the outputs get the dense layer's variance.
+    Multiplies one parameter node (the scale buffer of a deep ADTN), which scales every entry."""
+    if dense.is_meta or layer.weight.is_meta:
+        return
+    have, want = torch.linalg.vector_norm(layer.dense_weight().detach()), torch.linalg.vector_norm(dense.detach())
+    if not (torch.isfinite(have) and torch.isfinite(want) and have > 0 and want > 0):
+        return
+    factor = float(want / have)
+    scale = getattr(layer.tn, "scale", None)
+    if isinstance(scale, torch.Tensor):  # DeepTNModule: the fixed global scale
+        scale.mul_(factor)
+        return
+    params = list(layer.tn.parameters())
+    if params:
+        params[0].mul_(factor)
 
 
 def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes, init, options):

@@ -258,8 +258,7 @@ def _attention_weights(name: str, module: nn.MultiheadAttention) -> list[tuple[s
     """The skipped entries of an attention layer's q/k/v weights: parameters, not nn.Linear layers."""
     fused = [p for p in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
              if getattr(module, p, None) is not None]
-    why = ("a q/k/v projection parameter of nn.MultiheadAttention, not an nn.Linear, so it is not compressed "
-           "(the out_proj Linear is)")
+    why = "a q/k/v projection parameter of nn.MultiheadAttention, not an nn.Linear layer (only its out_proj is one)"
     return [(f"{name}.{p}" if name else p, why) for p in fused]
 
 
@@ -604,8 +603,8 @@ def compress(
             break
         for j in small:
             n = _build(j, j.chosen, None if j.fixed else j.value).num_tn_params
-            why = (f"its {j.chosen!r} network would take {n:,} of the weight's {j.dense:,} parameters "
-                   f"({n / j.dense:.0%}), a gain under {min_gain:.0%}")
+            gain = "more than the dense weight" if n > j.dense else f"a gain under {min_gain:.0%}"
+            why = f"its {j.chosen!r} network would take {n:,} of the weight's {j.dense:,} parameters ({n / j.dense:.0%}), {gain}"
             skipped.append((j.name or ".", why))
         jobs = [j for j in jobs if all(j is not k for k in small)]
 
