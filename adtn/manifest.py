@@ -202,8 +202,23 @@ def load(path: str | Path | BinaryIO, map_location: Any = None) -> nn.Module:
     except (AttributeError, ImportError) as err:
         raise SchemaError(f"load: {_name(path)!r}: the model class {payload['model_class']} cannot be imported here "
                           f"({err}); build a fresh instance of it and call adtn.load_into(model, path)") from None
-    model.load_state_dict(_state_dict(payload), assign=True)
+    _assign(model, _state_dict(payload))
     return model
+
+
+def _assign(model: nn.Module, state: OrderedDict) -> None:
+    """Load ``state`` into the skeleton's meta tensors by assignment; a tensor the model holds at
+    several places (tied weights) stays one tensor."""
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for attr, t in [*module._parameters.items(), *module._buffers.items()]:
+            if t is not None:
+                places.setdefault(id(t), []).append((module, attr))
+    model.load_state_dict(state, assign=True)
+    for (first, attr), *others in (v for v in places.values() if len(v) > 1):
+        kept = getattr(first, attr)
+        for module, name in others:
+            (module._parameters if name in module._parameters else module._buffers)[name] = kept
 
 
 # ---------------------------------------------------------------------- rebuilding on a fresh model

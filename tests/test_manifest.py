@@ -203,3 +203,16 @@ def test_old_format_files_still_load(tmp_path):
     assert torch.equal(adtn.load(path)(x), model(x))
     with pytest.raises(SchemaError, match="old.pt' holds pickled objects, not plain data.*load it with adtn.load"):
         adtn.load_into(Block(), path)
+
+
+def test_load_keeps_tied_weights_tied():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False), nn.Linear(10, 12))
+    model[1].weight = model[0].weight  # tied, as a language model's head and embedding
+    model[2] = adtn.encode(model[2], "tt", rank=2)
+    buf = io.BytesIO()
+    adtn.save(model, buf)
+    buf.seek(0)
+    back = adtn.load(buf)
+    assert back[1].weight is back[0].weight and torch.equal(back[0].weight, model[0].weight)
+    x = torch.tensor([[1, 2, 3]])
+    assert torch.equal(back(x), model(x))
