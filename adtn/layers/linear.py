@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..api import INITS, _template_params, initialize, resolve, tol_structure
+from ..api import INITS, _template_params, initialize, resolve
 from ..errors import AdtnError, ShapeError
 from ..graph import TensorGraph
 from ..module import check_fed_input
 from ..module import compile as compile_graph
 from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
+from ..tolerance import tol_structure
 from .chain import ChainPlan, chain_apply, chain_plan
 from .forward import ACTIVATION_WEIGHT, Choice, check_mode, choose, tn_cost
 
