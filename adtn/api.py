@@ -366,14 +366,17 @@ def encode(
         layer: the torch layer; its weight initialises the network, its bias is copied.
         template: a registered template (``adtn.templates.names()``).
         depth, rank: the template's size, whichever it takes.
-        budget: instead, a fraction of the dense weight's parameters: the largest uniform
-            rank (or depth) whose closed-form parameter count fits in it.
+        budget: instead, a fraction of the dense weight's parameters, in (0, 1]: the largest
+            uniform rank (or depth) whose closed-form parameter count fits in it.
         tol: instead, a relative Frobenius error; the template's SVD-family initialiser picks
-            the smallest ranks reaching it (needs ``init`` "auto" or "decompose").
+            the smallest ranks reaching it (needs ``init`` "auto" or "decompose"), in a searched
+            shape for the searchable templates (``adtn.tolerance``).
         modes: ``(out_modes, in_modes)`` for templates that split axes into modes; balanced
             when None, a badly factorable (prime) size zero-padded.
-        init: ``"auto"`` (the template's initialiser if any, else ``adtn.fit``),
-            ``"decompose"`` (the initialiser, or an error), ``"fit"``, or ``"random"``.
+        init: ``"auto"`` (the template's initialiser if any; a deep ADTN starts random; a user
+            graph is fitted), ``"decompose"`` (the initialiser, or an error), ``"fit"`` (gradient
+            descent, a progress bar on a terminal), or ``"random"`` (scaled to the weight's norm,
+            so the outputs keep the dense layer's variance).
         forward: ``"auto"`` (cheaper of rebuild and streaming, per input shape), ``"dense"``, ``"direct"``.
         fit_options: keyword arguments of ``adtn.fit`` when fitting runs.
         **options: further template options, and two layer options: ``shape`` (``"auto"``:
@@ -384,7 +387,8 @@ def encode(
             error on it instead of weight error).
 
     Returns:
-        A ``TNLinear``, ``TNConv1d`` or ``TNConv2d`` on the layer's device and dtype.
+        A ``TNLinear``, ``TNConv1d`` or ``TNConv2d`` on the layer's device and dtype; an
+        ``OversizeWarning`` says when it holds more parameters than ``layer``'s weight.
     """
     from .layers import TNConv1d, TNConv2d, TNLayer, TNLinear
 
