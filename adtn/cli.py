@@ -130,7 +130,7 @@ def _load_model(spec: str) -> torch.nn.Module:
         raise AdtnError(f"MODEL {spec!r}: no such file, and not of the form package.module:factory")
     else:
         model = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(model, dict) and "model" in model and "format" in model:  # written by adtn.save
+        if isinstance(model, dict) and "format" in model:  # written by adtn.save
             from .api import load
 
             model = load(path, map_location="cpu")
