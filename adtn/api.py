@@ -35,7 +35,8 @@ from .templates.factor import _is_int, default_modes, divisible_modes, factorize
 if TYPE_CHECKING:
     from .layers import TNLayer
 
-__all__ = ["FORMAT", "INITS", "OversizeWarning", "Spec", "check_budget", "encode", "initialize", "load", "load_into", "match_norm", "resolve", "save", "true_ranks"]
+__all__ = ["FORMAT", "INITS", "OversizeWarning", "Spec", "check_budget", "encode", "initialize", "load", "load_into",
+           "match_norm", "resolve", "save", "true_ranks"]
 
 SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d"
 INITS = ("auto", "decompose", "fit", "random")

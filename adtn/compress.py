@@ -604,7 +604,8 @@ def compress(
         for j in small:
             n = _build(j, j.chosen, None if j.fixed else j.value).num_tn_params
             gain = "more than the dense weight" if n > j.dense else f"a gain under {min_gain:.0%}"
-            why = f"its {j.chosen!r} network would take {n:,} of the weight's {j.dense:,} parameters ({n / j.dense:.0%}), {gain}"
+            why = (f"its {j.chosen!r} network would take {n:,} of the weight's {j.dense:,} parameters "
+                   f"({n / j.dense:.0%}), {gain}")
             skipped.append((j.name or ".", why))
         jobs = [j for j in jobs if all(j is not k for k in small)]
 

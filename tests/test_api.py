@@ -312,7 +312,8 @@ def test_save_keeps_each_structure_as_json():
 def test_load_rejects_other_files(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(2)}, path)
-    with pytest.raises(SchemaError, match=r"plain.pt': expected a file written by adtn.save \(format 'adtn.model/2'\), got None"):
+    with pytest.raises(SchemaError, match=r"plain.pt': expected a file written by adtn.save "
+                                          r"\(format 'adtn.model/2'\), got None"):
         load(path)
     with pytest.raises(AdtnError, match="model must be an nn.Module"):
         save({"a": 1}, tmp_path / "x.pt")

@@ -74,7 +74,8 @@ for policy in sys.argv[2:]:
 def run_script(tmp_path, name, text, *args):
     script = tmp_path / name
     script.write_text(textwrap.dedent(text))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, str(script), str(tmp_path), *args], check=False, env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -140,7 +141,8 @@ def test_load_into_a_single_layer_and_without_the_pickled_model(tmp_path):
     adtn.save(layer, path, pickle_model=False)
     fresh = adtn.load_into(nn.Linear(20, 30), path)
     assert isinstance(fresh, TNLinear) and torch.equal(fresh.weight, layer.weight)
-    with pytest.raises(SchemaError, match="saved with pickle_model=False; build a fresh torch.nn.Linear and call adtn.load_into"):
+    with pytest.raises(SchemaError, match="saved with pickle_model=False; build a fresh torch.nn.Linear and call "
+                                          "adtn.load_into"):
         adtn.load(path)
 
 
@@ -164,7 +166,8 @@ def test_load_into_names_what_does_not_match(tmp_path):
     with pytest.raises(SchemaError, match=r"layer 'deep': the file holds a TNLinear here, so the model needs an "
                                           r"nn.Linear \(or a TNLinear\), got Conv1d"):
         adtn.load_into(Conv(), path)
-    with pytest.raises(SchemaError, match=r"layer 'a': the file has a TN layer here, but Sequential has no such module; modules: \['0'\]"):
+    with pytest.raises(SchemaError, match=r"layer 'a': the file has a TN layer here, but Sequential has no such "
+                                          r"module; modules: \['0'\]"):
         adtn.load_into(nn.Sequential(nn.Linear(2, 2)), path)
 
     class Extra(Block):
