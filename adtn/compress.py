@@ -24,7 +24,9 @@ gets the same fraction of its own weight (a layer whose smallest size is above t
 takes its smallest size, and the others share what is left); each layer takes the largest
 size (uniform rank, or depth) within its share, then the layers furthest below their share
 grow one size step at a time while the total stays within budget (one last step may overshoot
-by up to 10%). ``mixed`` / ``auto`` compare their candidates at the share, then once more at
+by up to 10%; no layer grows past ``1 - min_gain`` of its weight). A layer whose network still
+saves less than ``min_gain`` (10%) of its weight stays dense, listed in ``report.skipped``,
+and the others share the budget again. ``mixed`` / ``auto`` compare their candidates at the share, then once more at
 the parameters the allocation gave the layer. The achieved total is within 10% of ``budget``
 times the dense parameters: a ``RankError`` names the layers that cannot get that small, and a
 warning says when the sizes' steps are too coarse to land within 10%. Alternatives, not
@@ -158,6 +160,7 @@ class _Job:
     built: dict[tuple[str, int], nn.Module] = field(default_factory=dict)
     note: str = ""
     calib: torch.Tensor | None = None  # the layer's calibration input (for the shape search)
+    cap: float = 1.0  # the filling grows a layer up to this fraction of its weight (1 - min_gain)
 
     @property
     def dense(self) -> int:
@@ -405,7 +408,7 @@ def _allocate(jobs: list[_Job], target: float) -> set[int]:
     floor = {id(j): j.ladder.count(j.ladder.step) for j in jobs}
     share, tight = _shares(jobs, target, floor)
     for j in jobs:
-        v = None if id(j) in tight else j.ladder.within(share * j.dense)
+        v = None if id(j) in tight else j.ladder.within(min(share, j.cap) * j.dense)
         j.value = j.ladder.step if v is None else v
     total = sum(j.params for j in jobs)
     if total > target * (1 + TOLERANCE):
@@ -427,7 +430,7 @@ def _fill(jobs: list[_Job], target: float) -> None:
         steps = []
         for j in jobs:
             v = nxt[id(j)]
-            if v is not None:
+            if v is not None and j.ladder.count(v) <= j.cap * j.dense:
                 new = total - j.params + j.ladder.count(v)
                 if new <= high:
                     steps.append((new, j.params / j.dense, j, v))
@@ -590,7 +593,7 @@ def compress(
                         f"{type(model).__name__}(...) after skip={skip!r}{left}")
     inputs, ref = _capture(work, jobs, calibration) if calibration is not None else ({}, None)
     for j in jobs:
-        j.calib = inputs.get(j.name)
+        j.calib, j.cap = inputs.get(j.name), 1 - min_gain
     aliases: dict[int, list[str]] = {}
     for name, module in work.named_modules(remove_duplicate=False):
         aliases.setdefault(id(module), []).append(name)

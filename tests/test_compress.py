@@ -253,8 +253,8 @@ def test_a_layer_used_twice_is_replaced_everywhere_and_stays_shared():
     model = Twice()
     out, report = compress(model, "tt", budget=0.3)
     assert isinstance(out.a, TNLinear) and out.b is out.a and model.a is shared
-    assert [r.name for r in report.rows] == ["a"]  # head's smallest network gains < 10%: it stays dense
-    assert report.skipped[0][0] == "head" and "a gain under 10%" in report.skipped[0][1]
+    assert [r.name for r in report.rows] == ["a", "head"]
+    assert report.rows[1].params_after <= 0.9 * 128  # filling the budget grows no layer past 90% of its weight
     assert report.model_params_after == sum(p.numel() for p in out.parameters())
 
 
@@ -395,7 +395,8 @@ def test_auto_policy_searches_the_shapes_and_reports_them():
 def test_layers_whose_network_gains_little_stay_dense_and_are_reported():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
-    out, report = compress(model, "tt", budget=0.5)  # TT's smallest network on the 144-weight conv has 141
+    policy = {"0": {"template": "tt", "rank": 5}, "3": "tt"}  # TT rank 5 holds the 144-weight conv in 141
+    out, report = compress(model, policy, budget=0.5)
     assert [r.name for r in report.rows] == ["3"] and type(out[0]) is nn.Conv2d
     assert report.skipped == [("0", ("its 'tt' network would take 141 of the weight's 144 parameters (98%), a gain "
                                     "under 10%"))]
@@ -404,8 +405,11 @@ def test_layers_whose_network_gains_little_stay_dense_and_are_reported():
     _out, report = compress(model, "tucker2", rank=100)
     assert report.rows == [] and [name for name, _ in report.skipped] == ["0", "3"]
     assert "(1019%), more than the dense weight" in report.skipped[1][1]
-    _out, report = compress(model, "tt", budget=0.5, min_gain=0.0)
+    _out, report = compress(model, policy, budget=0.5, min_gain=0.0)
     assert [r.name for r in report.rows] == ["0", "3"]
+    _out, report = compress(model, "tt", budget=0.95)  # under a budget every layer is sized to gain >= 10%
+    assert [r.name for r in report.rows] == ["0", "3"] and all(r.params_after <= 0.9 * r.params_before
+                                                               for r in report.rows)
     with pytest.raises(AdtnError, match=r"min_gain is the share .* in \[0, 1\), got 1.5"):
         compress(model, "tt", budget=0.5, min_gain=1.5)
 
