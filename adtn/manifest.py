@@ -153,6 +153,7 @@ def _head(path: Any) -> bytes:
 def _read(path: Any, where: str, map_location: Any, trusted: bool) -> dict[str, Any]:
     """The payload of an adtn file, read as plain data (``trusted``: an old-format file may be unpickled)."""
     head = _head(path)
+    start = None if isinstance(path, (str, Path)) else path.tell()
     expected = f"expected a file written by adtn.save (format {FORMAT!r})"
     if isinstance(path, (str, Path)) and not Path(path).exists():
         raise SchemaError(f"{where}: {_name(path)!r} does not exist; {expected}")
@@ -167,8 +168,8 @@ def _read(path: Any, where: str, map_location: Any, trusted: bool) -> dict[str, 
         if not trusted:
             raise SchemaError(f"{where}: {_name(path)!r} holds pickled objects, not plain data; {expected}, "
                               f"or load it with adtn.load ({type(err).__name__})") from None
-        if not isinstance(path, (str, Path)):
-            path.seek(0)
+        if start is not None:
+            path.seek(start)
         try:
             payload = torch.load(path, map_location=map_location, weights_only=False)
         except (zipfile.BadZipFile, RuntimeError, EOFError) as err2:
