@@ -35,8 +35,11 @@ def check_compiled(module: nn.Module, inputs: list[torch.Tensor], grad: bool = T
         if grad:
             want, got = _grads(module, ref), _grads(module, y)
             assert got and all(g.abs().sum() > 0 for g in got if g.numel() > 4) or not got
+            # float32 sums in another order (the compiled graph may run another form): tolerances
+            # relative to the largest gradient, since a tiny gradient may be mostly cancellation
+            top = max(float(g.abs().max()) for g in want) + 1e-6
             for a, b in zip(got, want):
-                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * (float(b.abs().max()) + 1e-6))
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * top)
 
 
 def _sizing(name: str) -> dict:
