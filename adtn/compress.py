@@ -28,11 +28,13 @@ by up to 10%). ``mixed`` / ``auto`` compare their candidates at the share, then 
 the parameters the allocation gave the layer. The achieved total is within 10% of ``budget``
 times the dense parameters: a ``RankError`` names the layers that cannot get that small, and a
 warning says when the sizes' steps are too coarse to land within 10%. That is
-``allocation="uniform"``, the default without calibration. With calibration the default is
-``allocation="global"``: every layer starts at its smallest size and the greedy knapsack of
-``adtn.calibration.allocation`` grows, one size step at a time, the layer whose whitened
-spectrum says its output error falls most per added parameter, while the total stays within
-the budget; the report's footer lists each layer's share.
+``allocation="uniform"``, the default. With calibration, ``allocation="global"`` starts every
+layer at its smallest size and the greedy knapsack of ``adtn.calibration.allocation`` grows,
+one size step at a time, the layer whose whitened spectrum says its output error falls most
+per added parameter, while the total stays within the budget (one last step may pass it by
+up to 10% when that lands closer); the report's footer lists each layer's share. It is not
+the default: the whitened SVD spectrum is a proxy for the other formats, and on the trained
+LeNet-5 / CNN of ``benchmarks/calibration.py`` it helped some policies and hurt others.
 
 Calibration (``adtn.calibration``): one pass of the data through the model collects each
 layer's input covariance with forward hooks; every layer's initialiser then minimises its
@@ -531,9 +533,9 @@ def compress(
             already compressed (layer by layer in forward order, one pass each, as SVD-LLM and
             GPTQ do), so a layer corrects the error upstream; sizes and templates are chosen on
             the first pass.
-        allocation: ``"global"`` (the default with calibration): layers get different fractions,
-            by a greedy knapsack on their whitened spectra (``adtn.calibration.allocation``);
-            ``"uniform"`` (the default without): every layer the same fraction (the module doc).
+        allocation: ``"uniform"`` (default): every layer the same fraction (the module doc);
+            ``"global"`` (needs calibration): layers get different fractions, by a greedy
+            knapsack on their whitened spectra (``adtn.calibration.allocation``).
         inplace: change ``model`` itself; False (default) leaves it untouched and works on a copy.
         candidates: the templates ``auto`` tries (default ``default_candidates(kind)``).
         **template_options: given to every ``adtn.encode`` call (``init=``, ``forward=``,
@@ -553,8 +555,7 @@ def compress(
     sizes = [k for k in SIZE_KEYS if template_options.get(k) is not None]
     if budget is not None and sizes:
         raise RankError(f"compress: give budget= or a size for every layer ({', '.join(sizes)}=), not both")
-    if allocation is None:
-        allocation = "global" if calibration is not None else "uniform"
+    allocation = "uniform" if allocation is None else allocation
     if allocation not in ALLOCATIONS:
         raise AdtnError(f"compress: allocation must be one of {list(ALLOCATIONS)}, got {allocation!r}")
     if allocation == "global" and calibration is None:

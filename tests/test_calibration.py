@@ -227,12 +227,13 @@ def test_global_allocation_shares_by_output_error_within_the_budget():
         u, _, vh = torch.linalg.svd(model[2].weight)
         model[2].weight.copy_(u[:, :3] @ torch.diag(torch.tensor([3.0, 2.0, 1.0])) @ vh[:3])
     budget = 0.3
-    _out, report = adtn.compress(model, "cp", budget=budget, calibration=x)
+    _out, report = adtn.compress(model, "cp", budget=budget, calibration=x, allocation="global")
     shares = {r.name: r.share for r in report.rows}
     assert report.allocation == "global" and report.fraction <= budget * 1.1
     assert shares["2"] < budget < max(shares["0"], shares["4"])
     assert "allocation global (by output error per parameter): 0 " in str(report)
-    _, uniform = adtn.compress(model, "cp", budget=budget, calibration=x, allocation="uniform")
+    _, uniform = adtn.compress(model, "cp", budget=budget, calibration=x)
+    assert uniform.allocation == "uniform"
     assert report.model_error < uniform.model_error
     assert sum(r.calib_error ** 2 for r in report.rows) < sum(r.calib_error ** 2 for r in uniform.rows)
 
@@ -253,8 +254,7 @@ def test_compress_takes_a_dataloader():
 
 def test_calibrated_compress_beats_the_plain_one_on_its_data():
     model, x = _mlp(), _aniso(256, 24)
-    plain, rp = adtn.compress(model, "tt", budget=0.3, calibration=x, allocation="uniform", init="auto",
-                              shape="default")
+    plain, rp = adtn.compress(model, "tt", budget=0.3, calibration=x, shape="default")
     with torch.no_grad():
         ref = model(x)
         plain_err = _rel(adtn.compress(model, "tt", budget=0.3, shape="default")[0](x), ref)
