@@ -21,6 +21,7 @@ calibration inputs the target is the output error ``||(W - W_hat) L||_F``, ``L L
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -153,7 +154,9 @@ def calibrated_init(template: str, dense: Tensor, axes: Mapping[str, int], cov: 
         start = tried[min(range(len(tried)), key=errors.__getitem__)]
         try:
             refined = _refine(graph, start, dense, metric(cov), steps)
-        except RuntimeError:  # a line search that breaks down leaves the better start
+        except RuntimeError as err:  # said, not hidden: the better start is kept
+            warnings.warn(f"{cov.where}: the data-aware refinement of {template!r} failed ({err}); the "
+                          "whitened decomposition is kept", RuntimeWarning, stacklevel=2)
             refined = None
         if refined is not None and all(bool(torch.isfinite(v).all()) for v in refined.values()):
             tried.append(refined)
