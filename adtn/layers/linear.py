@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..api import INITS, _template_params, initialize, resolve, tol_structure
+from ..api import INITS, _template_params, initialize, resolve
 from ..errors import AdtnError, ShapeError
 from ..graph import TensorGraph
 from ..module import check_fed_input
 from ..module import compile as compile_graph
 from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
+from ..tolerance import tol_structure
 from .chain import ChainPlan, chain_apply, chain_plan
 from .forward import ACTIVATION_WEIGHT, Choice, check_mode, choose, tn_cost
 
@@ -290,8 +291,8 @@ class TNLayer(nn.Module):
             layer = cls(**args, **common, rank=rank, depth=depth, budget=budget, modes=modes, **options)
             initialize(layer, weight, init, fit_options, cov)
         else:
-            structure, tensors = tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes,
-                                                init, options)
+            structure, tensors, choice = tol_structure(cls, where, args, weight, template, rank, depth, budget, tol,
+                                                        modes, init, options)
             layer = cls(**args, **common, structure=structure)
             layer.load_node_tensors(tensors)
             if cov is not None:  # tol picks the ranks by weight error; the tensors are then fit to the data
@@ -331,6 +332,8 @@ def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weig
     """
     from ..shapes import SEARCHABLE, search
 
+    if tol is not None:  # tol= searches its own shape (api.tol_structure)
+        return None
     shape = options.pop("shape", "unset")
     if shape not in SHAPES + ("unset",):
         raise AdtnError(f"{where}: shape must be 'auto', 'default' or None, got {shape!r}")
