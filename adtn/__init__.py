@@ -2,6 +2,7 @@
 
 from . import templates
 from .api import encode, load, load_into, save
+from .compiler import compile
 from .compress import compress
 from .deep import DeepTN
 from .deep_module import DeepTNModule
@@ -9,13 +10,12 @@ from .errors import AdtnError, FrozenGraphError, GraphError, RankError, SchemaEr
 from .fitting import FitResult, fit
 from .graph import TensorGraph
 from .layers import TNConv1d, TNConv2d, TNLayer, TNLinear
-from .module import TNModule, compile
+from .module import TNModule
 from .plan import Cost, Plan, clear_cache, plan, signature
 from .report import LayerRow, Report
 from .structures import load_structure
 from .train import History, evaluate, finetune, setup_distributed
-
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (adtn.__version__)
 
 __all__ = [
     "AdtnError",

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import AdtnError, RankError
 from .templates import Template
-from .templates.factor import _divisors
+from .templates.factor import divisors
 
 __all__ = ["FILL", "count", "effective_ranks", "fill_ranks", "knob_for_budget", "kronecker_splits"]
 
@@ -147,7 +147,7 @@ def kronecker_splits(axes: Mapping[str, int], target: float) -> Iterator[dict[st
     then the others by how fully they fill it."""
     names = list(axes)
     scored = []
-    for a in itertools.product(*[_divisors(axes[ax]) for ax in names]):
+    for a in itertools.product(*[divisors(axes[ax]) for ax in names]):
         b = tuple(axes[ax] // x for ax, x in zip(names, a))
         pa, pb = math.prod(a), math.prod(b)
         if a > b or pa == 1 or pb == 1:  # (a, b) and (b, a) cost the same; |a| = 1 is not a factorization

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
+from .compiler import compile
 from .errors import AdtnError
 from .graph import TensorGraph
-from .module import compile
 from .structures import load_structure
 from .testing import tt_chain
 

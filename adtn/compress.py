@@ -57,10 +57,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import OversizeWarning, _knob_for_budget, _template_params, encode, is_lazy, resolve
+from .api import OversizeWarning, encode, is_lazy
+from .budget import knob_for_budget
 from .calibration.allocation import ALLOCATIONS, Proxy, grow
 from .calibration.collect import Collected, call, collect, reiterable
 from .errors import AdtnError, RankError, TemplateError
+from .options import resolve, template_params
 from .report import LayerRow, Report, layer_flops
 from .templates import get, names
 from .train import eval_mode
@@ -106,7 +108,7 @@ class _Ladder:
         """The largest value whose count is at most ``target``; None when even the smallest is above."""
         t = get(self.template)
         try:
-            return _knob_for_budget("compress", t, self.axes, self.knob, self.kwargs, target / self.dense, self.dense)
+            return knob_for_budget("compress", t, self.axes, self.knob, self.kwargs, target / self.dense, self.dense)
         except RankError:
             return None
 
@@ -126,7 +128,7 @@ def _ladder(where: str, module: nn.Module, template: str, opts: Mapping[str, Any
     from .layers import TNConv1d, TNConv2d, TNLinear
 
     t = get(template)
-    params = _template_params(t)
+    params = template_params(t)
     knob = "rank" if "rank" in params else "depth" if "depth" in params else None
     if knob is None or t.formula is None:
         raise TemplateError(f"{where}: a budget needs template {t.name!r} to have a size option and a parameter "
@@ -288,7 +290,7 @@ def _opts_for(template: str, opts: Mapping[str, Any], several: bool) -> dict[str
     """The options given to ``encode``: with several candidates only those the template takes."""
     if not several:
         return dict(opts)
-    params = _template_params(get(template))
+    params = template_params(get(template))
     return {k: v for k, v in opts.items() if k in params or k in LAYER_KEYS or k in SIZE_KEYS}
 
 
@@ -321,7 +323,7 @@ def _build(job: _Job, template: str, value: int | None) -> nn.Module:
             opts["calibration"] = job.calib
         if value is not None:
             opts[_knob(template)] = value
-            if "clip" in _template_params(get(template)):
+            if "clip" in template_params(get(template)):
                 opts.setdefault("clip", True)
         try:
             job.built[key] = _encode(job.module, template, **opts)
@@ -354,7 +356,7 @@ def _searched(job: _Job, template: str, value: int | None, opts: dict[str, Any])
 
 
 def _knob(template: str) -> str:
-    return "rank" if "rank" in _template_params(get(template)) else "depth"
+    return "rank" if "rank" in template_params(get(template)) else "depth"
 
 
 def _prepare(job: _Job) -> None:

@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .deep import PREV, DeepTN, fused_schedule, trace_gates, windows
 from .errors import AdtnError, ShapeError
 from .initializers import fixed_tensor, identity_like
-from .module import PLANS, _Buffers, check_fed_input, feed_axes
+from .module import PLANS, Buffers, check_fed_input, feed_axes
 from .plan import WORKSPACE, Cost, Plan, execute, plain_ops, plan
 from .tracing import LRUCache, trace_constant, traced_batch
 
@@ -97,7 +97,7 @@ class DeepTNModule(nn.Module):
             {name: nn.Parameter(t.to(device)) for name, t in _initial_gates(deep, init, noise, dtype, gen).items()}
         )
         fixed = {n: fixed_tensor(op, n, dtype, device) for op in deep.operators for n in op.nodes_with_role("fixed")}
-        self.fixed = _Buffers(fixed)
+        self.fixed = Buffers(fixed)
         self._roles = [[(n, op.node(n)["role"]) for n in op.nodes] for op in deep.operators]
         self._scaled = deep.operators[-1].nodes_with_role("param")[0]  # the gate that carries the scale
         self._plans: LRUCache = LRUCache(PLANS)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from .errors import AdtnError
-from .graph import TensorGraph
+
+if TYPE_CHECKING:  # graph.py imports this module for TensorGraph.draw()
+    from .graph import TensorGraph
 
 __all__ = ["draw"]
 

@@ -116,7 +116,7 @@ def save(model: nn.Module, path: str | Path | BinaryIO, *, pickle_model: bool = 
     for module in model.modules():  # rebuilt weights are caches: do not store them
         if getattr(module, "_dense_cache", None) is not None:
             module._dense_cache = None
-    from . import __version__
+    from .version import __version__
 
     state, versions = _state(model)
     cls = type(model)

@@ -24,12 +24,12 @@ from .initializers import InitSpec, fixed_tensor, initial_tensors
 from .plan import Cost, Plan, execute, plan
 from .tracing import LRUCache, compiling, trace_constant, traced_batch
 
-__all__ = ["PLANS", "TNModule", "check_fed_input", "compile", "feed_axes"]
+__all__ = ["PLANS", "Buffers", "TNModule", "check_fed_input", "feed_axes"]
 
 PLANS = 16  # plans kept per module (one per feed and batch size)
 
 
-class _Buffers(nn.Module):
+class Buffers(nn.Module):
     """A dict of buffers (torch has no BufferDict), so fixed nodes move with ``.to()``."""
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -39,6 +39,9 @@ class _Buffers(nn.Module):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return getattr(self, name)
+
+
+_Buffers = Buffers  # the old name, kept so that models pickled before the rename still load
 
 
 class TNModule(nn.Module):
@@ -73,7 +76,7 @@ class TNModule(nn.Module):
         self.params = nn.ParameterDict({name: nn.Parameter(t) for name, t in tensors.items()})
         deltas = set(graph.delta_nodes())
         fixed = {n: fixed_tensor(graph, n, dtype, device) for n in graph.nodes_with_role("fixed") if n not in deltas}
-        self.fixed = _Buffers(fixed)
+        self.fixed = Buffers(fixed)
         # delta (copy) nodes are hyperedges for the planner: never operands
         self._roles = [(n, "delta" if n in deltas else graph.node(n)["role"]) for n in graph.nodes]
         self._inputs = graph.nodes_with_role("input")
@@ -276,31 +279,3 @@ def _module_plan(module: TNModule, feed: tuple[str, ...], batch: int | None) -> 
     if hit is None:
         hit = module._plans[key] = plan(module.graph, feed, batch, module.optimize, module.memory_limit)
     return hit
-
-
-def compile(graph: Any, init: InitSpec | torch.Tensor = "normal", **options: Any) -> nn.Module:
-    """Compile a TensorGraph into a ``TNModule`` (see its docstring for the options), or a
-    deep ADTN structure (``DeepTN``) into a ``DeepTNModule``.
-
-    ``init`` may also be a dense tensor shaped like ``dense()``: the template that built the
-    graph initialises from it exactly when it can (TT-SVD, HOSVD, ...), else ``adtn.fit``.
-    """
-    from .deep import DeepTN
-
-    if isinstance(graph, DeepTN):
-        from .deep_module import DeepTNModule
-
-        if isinstance(init, torch.Tensor):
-            from .fitting import fit
-
-            module = DeepTNModule(graph, **options)
-            fit(module, init.to(dtype=module.dtype, device=module.device))
-            return module
-        return DeepTNModule(graph, "identity" if init == "normal" else init, **options)
-    if isinstance(init, torch.Tensor):
-        from .fitting import initialize
-
-        module = TNModule(graph, "normal", **options)
-        initialize(module, init.to(dtype=module.dtype, device=module.device))
-        return module
-    return TNModule(graph, init, **options)

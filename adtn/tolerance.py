@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .api import resolve
 from .errors import AdtnError, RankError
 from .graph import TensorGraph
+from .options import resolve
 
 __all__ = ["tol_structure"]
 

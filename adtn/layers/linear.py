@@ -25,17 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..api import INITS, _template_params, initialize, resolve
+from ..compiler import compile as compile_graph
 from ..errors import AdtnError, ShapeError
 from ..graph import TensorGraph
 from ..module import check_fed_input
-from ..module import compile as compile_graph
+from ..options import resolve, template_params
 from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
 from ..tolerance import tol_structure
 from ..tracing import COMPILE_BATCH, LRUCache, compiling, trace_constant, tracing
 from .chain import ChainPlan, chain_apply, chain_plan
 from .forward import ACTIVATION_WEIGHT, Choice, check_mode, choose, tn_cost
+from .initialize import INITS, initialize
 
 __all__ = ["CHOICES", "TNLayer", "TNLinear", "compile_structure"]
 
@@ -285,7 +286,7 @@ class TNLayer(nn.Module):
         if choice is not None:
             rank, budget, modes = choice.rank, None, choice.options.get("modes")
             options.update({k: v for k, v in choice.options.items() if k != "modes"})
-            if "clip" in _template_params(get(template)):
+            if "clip" in template_params(get(template)):
                 options["clip"] = True
             if choice.axes is not None:  # a zero-padded shape: the network is built on the padded axes
                 structure = get(template).build(choice.axes, rank=rank, **{**options, **choice.options})

@@ -3,7 +3,7 @@
 A candidate is a set of build options (``factors=`` for ``kronecker``, ``modes=`` and for
 semi-tensor templates ``t=``), the network's axes (padded where an axis is zero-padded), its
 rank at the budget as ``budget=`` sizes a layer (the largest uniform rank that fits,
-``adtn.api._knob_for_budget``, then single bonds topped up, ``_fill_budget``) and, per bond of
+``adtn.budget.knob_for_budget``, then single bonds topped up, ``fill_ranks``) and, per bond of
 its network, the unfolding the bond cuts and the bond's rank: the error
 bound is the root of the sum of those unfoldings' squared tails (Oseledets for a chain,
 Grasedyck for an HT tree, whose root's two children cut one unfolding and count once; Van
@@ -42,10 +42,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..budget import fill_ranks, knob_for_budget
 from ..errors import AdtnError
 from ..graph import TensorGraph
+from ..options import balanced, resolve
 from ..templates import get
-from ..templates.factor import _divisors, default_modes, factorize, weight_axes
+from ..templates.factor import default_modes, divisors, factorize, weight_axes
 from .spectra import Key, canonical, kron_key
 
 __all__ = ["Candidate", "enumerate_candidates", "graph_bonds", "options_key", "svd_key"]
@@ -133,12 +135,10 @@ def svd_key(axes: Mapping[str, int]) -> Key:
 # ---------------------------------------------------------------------- enumeration
 def _pad_variants(axes: dict[str, int], dmax: int) -> list[dict[str, int]]:
     """The axes with out / in zero-padded to a size that factors well, where theirs does not."""
-    from ..api import _balanced
-
     out, inn, _ = weight_axes(axes, "shape search")
     choices = []
     for ax in (out, inn):
-        sizes = {axes[ax]} | {_balanced(axes[ax], d)[0] for d in sorted({2, dmax})}
+        sizes = {axes[ax]} | {balanced(axes[ax], d)[0] for d in sorted({2, dmax})}
         choices.append(sorted(sizes))
     return [{**axes, out: o, inn: i} for o, i in itertools.product(*choices) if (o, i) != (axes[out], axes[inn])]
 
@@ -147,7 +147,7 @@ def _kron(axes: dict[str, int], budget: float, dense: int, tag: str) -> list[Can
     names = list(axes)
     svd = tuple(axes[ax] if k == 0 else 1 for k, ax in enumerate(names))
     found = []
-    for a in itertools.product(*[_divisors(axes[ax]) for ax in names]):
+    for a in itertools.product(*[divisors(axes[ax]) for ax in names]):
         b = tuple(axes[ax] // x for ax, x in zip(names, a))
         pa, pb = math.prod(a), math.prod(b)
         rank = min(int(budget * dense // (pa + pb)), pa, pb)
@@ -163,8 +163,8 @@ def _mode_sets(axes: dict[str, int], dmax: int) -> list[tuple[tuple[int, ...], t
     out, inn, spatial = weight_axes(axes, "shape search")
     o, i = axes[out], axes[inn]
     sets = [((o,), (i,))] if spatial else []
-    for mo in _divisors(o):
-        for mi in _divisors(i):
+    for mo in divisors(o):
+        for mi in divisors(i):
             modes = ((mo, o // mo), (mi, i // mi))
             if all(a * b > 1 for a, b in zip(*modes)):
                 sets.append(modes)
@@ -177,14 +177,12 @@ def _mode_sets(axes: dict[str, int], dmax: int) -> list[tuple[tuple[int, ...], t
 def _chain(template: str, axes: dict[str, int], modes: Any, extra: dict, rank: Any, budget: float | None,
            dense: int, tag: str) -> Candidate | None:
     """A chain / tree candidate at ``rank`` (or at the largest uniform rank within ``budget``)."""
-    from ..api import _fill_budget, _knob_for_budget
-
     t = get(template)
     kwargs = {"modes": modes, "clip": True, **extra}
     try:
         if rank is None:  # as budget= sizes a layer: the largest uniform rank, then bonds topped up
-            rank = _knob_for_budget("shape search", t, axes, "rank", kwargs, budget, dense)
-            rank = _fill_budget(t, axes, {**kwargs, "rank": rank}, budget * dense)
+            rank = knob_for_budget("shape search", t, axes, "rank", kwargs, budget, dense)
+            rank = fill_ranks(t, axes, {**kwargs, "rank": rank}, budget * dense)
         graph = t.build(axes, rank=rank, **kwargs)
         params = t.formula(axes, rank=rank, **kwargs)
     except AdtnError:
@@ -274,8 +272,6 @@ def _chains(template: str, axes: dict[str, int], budget: float, dense: int, dmax
 
 def _default(template: str, axes: dict[str, int], budget: float, extra: dict) -> Candidate | None:
     """The fixed rule ``budget=`` alone gives (balanced modes, padded where they would be lopsided)."""
-    from ..api import resolve
-
     kind = "conv" if len(axes) > 2 else "linear"
     try:
         with warnings.catch_warnings():  # a budget the fixed rule fills badly is the search's business

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..budget import effective_ranks
 from ..errors import AdtnError, RankError, ShapeError, TemplateError
+from ..options import template_params
 from ..templates import get
 from .candidates import Candidate, enumerate_candidates, options_key
 from .spectra import Unfoldings, single_thread
@@ -94,11 +95,10 @@ def _estimate(unf: Unfoldings, c: Candidate, level: str) -> float:
 def _approximation(template: str, dense: Tensor, c: Candidate, cov: Any = None) -> Tensor:
     """The weight the template's initialiser gives for this candidate (cropped to ``dense``);
     with a covariance ``cov`` the data-aware one (``adtn.calibration.init``)."""
-    from ..api import _template_params
     from ..templates.init_common import contract
 
     padded = _padded(dense, c.axes)
-    opts = dict(c.options) | ({"clip": True} if "clip" in _template_params(get(template)) else {})
+    opts = dict(c.options) | ({"clip": True} if "clip" in template_params(get(template)) else {})
     if cov is not None:
         from ..calibration.init import calibrated_init, fit_covariance
 
@@ -308,7 +308,6 @@ def _screen(cands: list[Candidate], unf: Callable[[Candidate], Unfoldings]) -> N
 
 def _choice(template: str, cands: list[Candidate], finalists: list[Candidate], criterion: str, measured: bool,
             seconds: float, axes: dict[str, int]) -> ShapeChoice:
-    from ..api import _template_params
 
     def score(c: Candidate) -> float:
         if criterion == "output" and c.output is not None:
@@ -325,7 +324,7 @@ def _choice(template: str, cands: list[Candidate], finalists: list[Candidate], c
     rest = sorted((c for c in cands if c not in finalists), key=rank)
     ranked = finals + ([] if criterion == "output" else rest)
     best = ranked[0]
-    if "clip" in _template_params(get(template)):  # report the ranks the network has, not the topped-up caps
+    if "clip" in template_params(get(template)):  # report the ranks the network has, not the topped-up caps
         best.rank = effective_ranks(get(template), best.axes, {**best.options, "rank": best.rank, "clip": True})["rank"]
     default = next((c for c in finalists if c.tag == "default"), None)
 

@@ -29,11 +29,11 @@ __all__ = [
 Bound = tuple[int, str]  # (largest useful rank, why)
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _divisors(n: int) -> list[int]:
+def divisors(n: int) -> list[int]:
     small, large = [], []
     f = 1
     while f * f <= n:
@@ -54,7 +54,7 @@ def _balanced(n: int, d: int, cap: int) -> tuple[int, ...] | None:
     low = 1
     while low**d < n:
         low += 1
-    for f in _divisors(n):
+    for f in divisors(n):
         if f < low or f > cap:
             continue
         rest = _balanced(n // f, d - 1, f)
@@ -70,9 +70,9 @@ def factorize(n: int, d: int) -> tuple[int, ...]:
     ``factorize(4096, 4) == (8, 8, 8, 8)``, ``factorize(784, 3) == (14, 8, 7)``. A prime
     gives ``(n, 1, ..., 1)``.
     """
-    if not _is_int(n) or n < 1:
+    if not is_int(n) or n < 1:
         raise ShapeError(f"factorize: n must be a positive integer, got {n!r}")
-    if not _is_int(d) or d < 1:
+    if not is_int(d) or d < 1:
         raise ShapeError(f"factorize: the number of factors d must be a positive integer, got {d!r}")
     out = _balanced(int(n), int(d), int(n))
     assert out is not None  # (n, 1, ..., 1) always fits
@@ -100,7 +100,7 @@ def check_modes(axis: str, size: int, modes: Sequence[int]) -> tuple[int, ...]:
     """Check that ``modes`` are positive integers multiplying to ``size``; return them as a tuple."""
     if isinstance(modes, (str, bytes)) or not isinstance(modes, Sequence) or not modes:
         raise ShapeError(f"axis {axis!r}: modes must be a non-empty sequence of positive integers, got {modes!r}")
-    if any(not _is_int(m) or m < 1 for m in modes):
+    if any(not is_int(m) or m < 1 for m in modes):
         raise ShapeError(f"axis {axis!r}: modes must be positive integers, got {tuple(modes)!r}")
     modes = tuple(int(m) for m in modes)
     prod = math.prod(modes)
@@ -124,7 +124,7 @@ def weight_axes(axes: Mapping[str, int], where: str) -> tuple[str, str, tuple[st
             f"got {axes!r}"
         )
     for name, size in axes.items():
-        if not _is_int(size) or size < 1:
+        if not is_int(size) or size < 1:
             raise ShapeError(f"{where}: axis {name!r} must have a positive integer size, got {size!r}")
     names = list(axes)
     return names[0], names[1], tuple(names[2:])
@@ -180,7 +180,7 @@ def resolve_modes(
 
 def ranks_list(rank: int | Sequence[int], n_bonds: int, name: str) -> list[int]:
     """An int (the same rank on every bond) or one rank per bond, as a list of positive ints."""
-    if _is_int(rank):
+    if is_int(rank):
         ranks = [int(rank)] * n_bonds
         if rank < 1:
             raise RankError(f"{name}: rank must be a positive integer, got {rank}")
@@ -190,7 +190,7 @@ def ranks_list(rank: int | Sequence[int], n_bonds: int, name: str) -> list[int]:
     if len(rank) != n_bonds:
         raise RankError(f"{name}: expected {n_bonds} ranks (one per bond), got {len(rank)}: {tuple(rank)!r}")
     for k, r in enumerate(rank):
-        if not _is_int(r) or r < 1:
+        if not is_int(r) or r < 1:
             raise RankError(f"{name}: rank {k} must be a positive integer, got {r!r}")
     return [int(r) for r in rank]
 

@@ -253,7 +253,7 @@ def initialise(
 
 def contract(graph: TensorGraph, tensors: Mapping[str, Tensor]) -> Tensor:
     """The dense tensor of ``graph`` with these node tensors."""
-    from ..module import TNModule  # the engine imports the templates; import it when used
+    from ..module import TNModule  # module.py imports no template: this could sit on top
 
     first = next(iter(tensors.values()))
     with torch.no_grad():
