@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import fitting
 from .deep import DeepTN
 from .deep_module import DeepTNModule
-from .fitting import fit, initialize
 from .initializers import InitSpec
 from .module import TNModule
 
@@ -30,11 +30,11 @@ def compile(graph: Any, init: InitSpec | torch.Tensor = "normal", **options: Any
     if isinstance(graph, DeepTN):
         if isinstance(init, torch.Tensor):
             module = DeepTNModule(graph, **options)
-            fit(module, init.to(dtype=module.dtype, device=module.device))
+            fitting.fit(module, init.to(dtype=module.dtype, device=module.device))
             return module
         return DeepTNModule(graph, "identity" if init == "normal" else init, **options)
     if isinstance(init, torch.Tensor):
         module = TNModule(graph, "normal", **options)
-        initialize(module, init.to(dtype=module.dtype, device=module.device))
+        fitting.initialize(module, init.to(dtype=module.dtype, device=module.device))
         return module
     return TNModule(graph, init, **options)

@@ -133,3 +133,26 @@ def test_no_import_cycles() -> None:
 def test_no_private_names_cross_modules() -> None:
     _, bad = _graph()
     assert not bad, "private names used across adtn modules:\n" + "\n".join(sorted(bad))
+
+
+def test_old_import_paths_and_pickled_names_still_resolve() -> None:
+    """Code moved down the layers keeps its user-facing names: adtn.api still re-exports the
+    option language and ``initialize``, and a model pickled with the old ``_Buffers`` class loads."""
+    import io
+    import pickle
+
+    import torch
+
+    import adtn
+    import adtn.api
+    import adtn.module
+    from adtn.layers.initialize import initialize
+    from adtn.options import resolve
+
+    assert adtn.api.resolve is resolve and adtn.api.initialize is initialize
+    assert adtn.api.encode is adtn.encode and adtn.api.save is adtn.save
+    old = adtn.module.Buffers({"a": torch.ones(2)})
+    data = pickle.dumps(old).replace(b"\x8c\x07Buffers", b"\x8c\x08_Buffers")  # as written before the rename
+    assert b"_Buffers" in data
+    loaded = pickle.load(io.BytesIO(data))
+    assert isinstance(loaded, adtn.module.Buffers) and loaded["a"].sum() == 2

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .. import fitting
 from ..errors import AdtnError
-from ..fitting import fit
 from ..graph import TensorGraph
 from ..templates import get
 
@@ -78,7 +78,7 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
         from ..calibration.init import metric
 
         options["metric"] = metric(cov)
-    result = fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **options)
+    result = fitting.fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **options)
     if result.rel_error > POOR_FIT:
         warnings.warn(f"{type(layer).__name__}: fitting {name} to the weight stopped at relative error "
                       f"{result.rel_error:.3f} ({result.stop} after {result.steps} steps): the layer does not "
