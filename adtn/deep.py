@@ -2,7 +2,7 @@
 
 A weight of ``prod(axes)`` entries is padded with zeros to 2^Q entries (Q legs of size 2,
 leg 0 most significant, i.e. the row-major flattening of the weight), decoded from the
-product state v^{⊗Q} with v = [1, 0], and cropped back (METHODS.md section 1):
+product state v^{⊗Q} with v = [1, 0], and cropped back (Qing et al., arXiv 2305.06058):
 
     T = L^(M) σ( ... σ(L^(2) σ(L^(1) v^{⊗Q})) ),   W = scale · T[:prod(axes)].reshape(axes)
 
