@@ -1,7 +1,7 @@
 """adtn: compress neural networks with tensor networks, on one graph engine."""
 
 from . import templates
-from .api import encode, load, save
+from .api import encode, load, load_into, save
 from .compress import compress
 from .deep import DeepTN
 from .deep_module import DeepTNModule
@@ -65,6 +65,7 @@ __all__ = [
     "finetune",
     "fit",
     "load",
+    "load_into",
     "load_structure",
     "plan",
     "save",

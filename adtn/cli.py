@@ -132,8 +132,10 @@ def _load_model(spec: str) -> torch.nn.Module:
         raise AdtnError(f"MODEL {spec!r}: no such file, and not of the form package.module:factory")
     else:
         model = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(model, dict) and "model" in model and "format" in model:  # written by adtn.save
-            model = model["model"]
+        if isinstance(model, dict) and "format" in model:  # written by adtn.save
+            from .api import load
+
+            model = load(path, map_location="cpu")
     if not isinstance(model, torch.nn.Module):
         hint = " (a state_dict? pass package.module:factory instead)" if isinstance(model, dict) else ""
         raise AdtnError(f"MODEL {spec!r}: expected an nn.Module, got {type(model).__name__}{hint}")

@@ -50,10 +50,11 @@ def fit(
     lr: float = 1e-2,
     target: float = 1e-4,
     lbfgs_steps: int = 0,
-    progress: bool = False,
+    progress: bool | None = False,
     log_every: int = 50,
     patience: int | None = 200,
     min_improvement: float = 1e-3,
+    metric: torch.Tensor | None = None,
 ) -> FitResult:
     """Fit ``module`` (anything with ``dense()`` and parameters) to ``dense`` in place.
 
@@ -64,11 +65,15 @@ def fit(
         lr: Adam learning rate (decayed by cosine annealing).
         target: stop once the relative Frobenius error is at most this.
         lbfgs_steps: L-BFGS iterations after Adam (0 to skip), useful to polish a fit.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar: True, False, or None for a bar only when stderr is a
+            terminal (tqdm's ``disable=None``; nothing when tqdm is not installed).
         log_every: record the error in ``history`` every this many steps.
         patience: stop Adam when the best error of the last ``patience`` steps is less than
             ``min_improvement`` (relative) below the best before them; None never stops early.
         min_improvement: see ``patience``.
+        metric: (groups, n, n) factors ``L`` of the inputs' second moment (``adtn.calibration``):
+            the error is then ``||(W_hat - W) L||`` over ``||W L||``, the relative output error on
+            calibration inputs, with ``W`` as (groups, out / groups, n).
     """
     if not hasattr(module, "dense"):
         raise AdtnError(f"fit: {type(module).__name__} has no dense() method; pass a compiled network")
@@ -85,16 +90,28 @@ def fit(
     was_training = module.training
     module.train()
 
+    if metric is not None:
+        metric = metric.to(dtype=dense.dtype, device=dense.device)
+        g, n = metric.shape[0], metric.shape[-1]
+        norm = torch.linalg.vector_norm(dense.reshape(g, -1, n) @ metric).clamp_min(torch.finfo(dense.dtype).tiny)
+
     def loss_fn() -> torch.Tensor:
+        if metric is not None:
+            return torch.linalg.vector_norm((module.dense() - dense).reshape(g, -1, n) @ metric) / norm
         return torch.linalg.vector_norm(module.dense() - dense) / norm
 
     history: list[float] = []
     err = float("inf")
     bar: Any = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="fit", leave=False)
+    if progress is not False:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            if progress:
+                raise AdtnError("fit: progress=True needs tqdm (pip install tqdm); pass progress=None or False") \
+                    from None
+        else:
+            bar = tqdm(total=steps, desc="fit", leave=False, disable=None if progress is None else False)
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     step, stop = 0, "steps"
