@@ -7,9 +7,9 @@
 Policies (per ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` layer not skipped):
 
 - a template name: that template everywhere;
-- ``"hybrid"``: HT for linear layers, TT for conv layers (Wu et al. 2020, METHODS.md section 3);
+- ``"hybrid"``: HT for linear layers, TT for conv layers (Wu et al. 2020, arXiv 2006.15938);
 - ``"mixed"``: Tucker-2 or CP at the same budget, whichever gives the lower output error on
-  the calibration batch (the lower weight error without one; MTD, METHODS.md section 4);
+  the calibration batch (the lower weight error without one; MTD, Liang and Lee, IPDPSW 2021);
 - ``"auto"``: every template that fits the layer (``candidates=``; default all registered but
   ``adtn`` and ``semi_*``, and always ``cp``, which on a weight matrix is exactly the truncated
   SVD), each at the layer's share of the budget; the lowest error is kept;
