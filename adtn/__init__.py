@@ -17,6 +17,24 @@ from .structures import load_structure
 from .train import History, evaluate, finetune, setup_distributed
 from .version import __version__  # noqa: F401  (adtn.__version__)
 
+# Submodules that ``import adtn`` does not load (they pull in data files, the CLI, models):
+# ``adtn.data`` / ``adtn.models`` import them on first use, so the package imports fast.
+_LAZY = ("budget", "cli", "data", "draw", "initializers", "interop", "models", "structures", "testing")
+
+
+def __getattr__(name: str):
+    """Import a lazy submodule on first attribute access (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'adtn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "AdtnError",
     "Cost",

@@ -7,9 +7,9 @@
 Policies (per ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` layer not skipped):
 
 - a template name: that template everywhere;
-- ``"hybrid"``: HT for linear layers, TT for conv layers (Wu et al. 2020, METHODS.md section 3);
+- ``"hybrid"``: HT for linear layers, TT for conv layers (Wu et al. 2020, arXiv 2006.15938);
 - ``"mixed"``: Tucker-2 or CP at the same budget, whichever gives the lower output error on
-  the calibration batch (the lower weight error without one; MTD, METHODS.md section 4);
+  the calibration batch (the lower weight error without one; MTD, Liang and Lee, IPDPSW 2021);
 - ``"auto"``: every template that fits the layer (``candidates=``; default all registered but
   ``adtn`` and ``semi_*``, and always ``cp``, which on a weight matrix is exactly the truncated
   SVD), each at the layer's share of the budget; the lowest error is kept;
@@ -475,7 +475,8 @@ def _budgeted(jobs: list[_Job], target: float, allocation: str = "uniform") -> N
     calibration covariance) instead of giving each the same fraction.
     """
     for j in jobs:
-        _prepare(j)
+        if not j.ladders:
+            _prepare(j)
     floor = {id(j): min(lad.count(lad.step) for lad in j.ladders.values()) for j in jobs}
     share, _ = _shares(jobs, target, floor)
     for j in jobs:
@@ -617,6 +618,10 @@ def compress(
         warnings.warn(f"compress: layers {missed} never ran on the calibration data: allocation='uniform'",
                       stacklevel=2)
         allocation = "uniform"
+    jobs = _sizable(jobs, skipped)
+    if not jobs:
+        raise AdtnError(f"compress: no layer of {type(model).__name__}(...) can take the policy's networks; "
+                        f"left dense: {skipped}")
     aliases: dict[int, list[str]] = {}
     for name, module in work.named_modules(remove_duplicate=False):
         aliases.setdefault(id(module), []).append(name)
@@ -666,6 +671,22 @@ def compress(
         warnings.warn(f"compress: achieved {report.fraction:.4f} of the parameters, more than 10% from budget="
                       f"{budget} (the layers' sizes ran out); see the report", stacklevel=2)
     return work, report
+
+
+def _sizable(jobs: list[_Job], skipped: list[tuple[str, str]]) -> list[_Job]:
+    """The jobs whose candidates can be sized; a layer no candidate fits (a 1-channel conv under a
+    semi-tensor format) stays dense and is listed in ``skipped`` with the reason, as a user of a
+    whole-model policy expects, instead of failing the whole model."""
+    kept = []
+    for j in jobs:
+        if not j.fixed:
+            try:
+                _prepare(j)
+            except AdtnError as err:
+                skipped.append((j.name or ".", f"no network of the policy fits it: {err}"))
+                continue
+        kept.append(j)
+    return kept
 
 
 def _size(jobs: list[_Job], budget: float | None, allocation: str) -> list[_Job]:

@@ -1,4 +1,4 @@
-"""Data-aware compression (issue 14): test accuracy before fine-tuning, with and without calibration.
+"""Data-aware compression: test accuracy before fine-tuning, with and without calibration.
 
     python benchmarks/calibration.py            # LeNet-5 and a small CNN on MNIST 5k, 2 policies (~12 min, 2 cores)
     python benchmarks/calibration.py --full     # more policies, budgets and epochs

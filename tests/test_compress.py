@@ -445,3 +445,20 @@ def test_multihead_attention_compresses_out_proj_and_reports_in_proj(tmp_path):
         assert torch.allclose(again(x), out(x), atol=1e-6)
     _out, report = compress(Attention(), "tt", budget=0.3, skip="attn")
     assert report.skipped == [("attn.out_proj", "skip")]
+
+
+def test_a_layer_no_network_fits_stays_dense_with_the_reason():
+    """semi_tucker cannot size a 1-channel conv (its t=2 bond needs a rank of 2 on an axis of 1):
+    the whole-model policy keeps that layer dense and says why, instead of failing the model."""
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1))
+    small, report = compress(model, "semi_tucker", budget=0.3)
+    assert isinstance(small[0], nn.Conv2d) and not isinstance(small[2], nn.Conv2d)
+    reasons = dict(report.skipped)
+    assert "no network of the policy fits it" in reasons["0"] and "t=2" in reasons["0"]
+    assert "0" in str(report)
+    small(torch.randn(2, 1, 8, 8)).sum().backward()
+
+
+def test_no_layer_any_network_fits_is_a_clear_error():
+    with pytest.raises(AdtnError, match="no layer of Sequential.*can take the policy's networks"):
+        compress(nn.Sequential(nn.Conv2d(1, 16, 3)), "semi_tucker", budget=0.3)

@@ -1,7 +1,7 @@
 """Fast forms of conv formats: a sequence of small convolutions instead of a rebuilt kernel.
 
 Conv formats with a known fast form run as a sequence of small convolutions instead of
-rebuilding the kernel (METHODS.md sections 4 and 5), each exact and checked against
+rebuilding the kernel (MTD, Liang and Lee 2021; GKPD, Hameed et al. 2022), each exact and checked against
 ``F.conv2d`` with the rebuilt kernel in the tests:
 
 - Tucker-2: 1x1 conv C -> R_in, kh x kw conv R_in -> R_out, 1x1 conv R_out -> O;

@@ -1,4 +1,4 @@
-"""Semi-tensor Tucker (STTu; Zhao et al., arXiv 2109.15200; METHODS.md section 2) as a graph.
+"""Semi-tensor Tucker (STTu; Zhao et al., arXiv 2109.15200) as a graph.
 
 STTu replaces each Tucker mode product by the semi-tensor mode product: for a factor
 U_k of shape (I_k/t, R_k/t), the mode-k map is (U_k (x) I_t), an I_k x R_k matrix whose
