@@ -1,7 +1,7 @@
 """``compile``: a TensorGraph to a ``TNModule``, a deep ADTN structure to a ``DeepTNModule``.
 
 It sits above both engines and the fitter, so that ``module.py`` (the graph engine) imports
-neither the deep ADTN engine nor ``fitting`` (issue 15: imports run one way).
+neither the deep ADTN engine nor ``fitting``: imports run one way, checked by tests/test_imports.py.
 """
 
 from __future__ import annotations

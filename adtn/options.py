@@ -2,7 +2,7 @@
 
 ``resolve`` turns ``template``, ``rank`` / ``depth`` / ``budget`` / ``tol`` and ``modes`` into a
 ``Spec``: a template, padded axes and build options. It sits below the layers and the shape
-search, which both use it (issue 15: imports run one way), and above the templates.
+search, which both use it (imports run one way, checked by tests/test_imports.py), and above the templates.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Imports inside ``adtn`` run one way, and no private name crosses a module (issue 15).
+"""Imports inside ``adtn`` run one way, and no private name crosses a module.
 
 The test parses every ``.py`` under ``adtn/`` (no import is executed), resolves relative
 imports, and collects every import statement, including the ones inside functions: a
