@@ -245,11 +245,14 @@ def _same_structure(a: Any, b: Any) -> bool:
 POOR_FIT = 0.5  # a fitted init with a larger relative weight error is reported
 
 
-def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_options: Mapping | None = None) -> None:
+def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_options: Mapping | None = None,
+               calibration: Any = None) -> None:
     """Set ``layer.tn`` from a dense weight, in place.
 
     ``"auto"``: the template's SVD-family initialiser when it has one, else ``adtn.fit``;
     ``"decompose"``: the initialiser or an error; ``"fit"``: gradient descent; ``"random"``: nothing.
+    ``calibration`` (an ``adtn.calibration.Covariance`` of the layer's inputs): the initialiser
+    or the fit minimises the output error on them instead (``adtn.calibration.init``).
     """
     if init not in INITS:
         raise AdtnError(f"init must be one of {list(INITS)}, got {init!r}")
@@ -258,8 +261,18 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
     target = layer.pad_weight(dense.detach())
     t = get(layer.template) if layer.template is not None else None  # None: the user's own graph
     name = repr(t.name) if t is not None else "None (a user graph)"
+    cov = None
+    if calibration is not None:
+        from .calibration.init import fit_covariance
+
+        cov = fit_covariance(calibration, layer.axes, layer.tn_axes)
     if init in ("auto", "decompose") and t is not None and t.init is not None:
-        graph, tensors = t.init(target, layer.tn_axes, **layer.template_options)
+        if cov is not None:
+            from .calibration.init import calibrated_init
+
+            graph, tensors = calibrated_init(t.name, target, layer.tn_axes, cov, **layer.template_options)
+        else:
+            graph, tensors = t.init(target, layer.tn_axes, **layer.template_options)
         if not _same_structure(graph, layer.structure):
             raise AdtnError(f"{type(layer).__name__}: template {t.name!r} initialised a different structure than "
                             f"the layer's ({graph} vs {layer.structure}); options {layer.template_options}")
@@ -270,7 +283,12 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
                         f"{name} has none; use init='fit' (gradient descent) or 'auto'")
     from .fitting import fit
 
-    result = fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **dict(fit_options or {}))
+    options = dict(fit_options or {})
+    if cov is not None:
+        from .calibration.init import metric
+
+        options["metric"] = metric(cov)
+    result = fit(layer.tn, target.to(dtype=layer.tn.dtype, device=layer.tn.device), **options)
     if result.rel_error > POOR_FIT:
         warnings.warn(f"{type(layer).__name__}: fitting {name} to the weight stopped at relative error "
                       f"{result.rel_error:.3f} ({result.stop} after {result.steps} steps): the layer does not "

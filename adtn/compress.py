@@ -27,9 +27,17 @@ grow one size step at a time while the total stays within budget (one last step 
 by up to 10%). ``mixed`` / ``auto`` compare their candidates at the share, then once more at
 the parameters the allocation gave the layer. The achieved total is within 10% of ``budget``
 times the dense parameters: a ``RankError`` names the layers that cannot get that small, and a
-warning says when the sizes' steps are too coarse to land within 10%. Alternatives, not
-implemented: shares proportional to a layer's sensitivity (its calibration error per
-parameter), or a global greedy that removes parameters where the error grows least.
+warning says when the sizes' steps are too coarse to land within 10%. That is
+``allocation="uniform"``, the default without calibration. With calibration the default is
+``allocation="global"``: every layer starts at its smallest size and the greedy knapsack of
+``adtn.calibration.allocation`` grows, one size step at a time, the layer whose whitened
+spectrum says its output error falls most per added parameter, while the total stays within
+the budget; the report's footer lists each layer's share.
+
+Calibration (``adtn.calibration``): one pass of the data through the model collects each
+layer's input covariance with forward hooks; every layer's initialiser then minimises its
+output error on the data, and ``sequential=True`` collects each layer's covariance again on
+the model whose earlier layers are already compressed.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import copy
 import fnmatch
 import inspect
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +54,9 @@ import torch
 from torch import nn
 
 from .api import _knob_for_budget, _template_params, encode, is_lazy, resolve
-from .errors import AdtnError, RankError, ShapeError, TemplateError
+from .calibration.allocation import ALLOCATIONS, Proxy, grow
+from .calibration.collect import Collected, call, collect, reiterable
+from .errors import AdtnError, RankError, TemplateError
 from .report import LayerRow, Report, layer_flops
 from .templates import get, names
 from .train import eval_mode
@@ -156,7 +166,7 @@ class _Job:
     tried: dict[str, float] = field(default_factory=dict)
     built: dict[tuple[str, int], nn.Module] = field(default_factory=dict)
     note: str = ""
-    calib: torch.Tensor | None = None  # the layer's calibration input (for the shape search)
+    calib: Any = None  # the covariance of the layer's calibration inputs (adtn.calibration.Covariance)
 
     @property
     def dense(self) -> int:
@@ -265,12 +275,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _errors(job: _Job, layer: nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[float, float | None]:
-    """(relative weight error, relative output error on the calibration input or None)."""
+def _errors(job: _Job, layer: nn.Module) -> tuple[float, float | None]:
+    """(relative weight error, relative output error on the calibration inputs or None), the
+    latter from the inputs' covariance: ``sqrt(tr(E Sigma E^T) / E||W x + b||^2)``, no data pass."""
     with eval_mode(layer, job.module):
         werr = _rel(layer.weight, job.module.weight)
-        x = inputs.get(job.name)
-        cerr = None if x is None else _rel(layer(x), job.module(x))
+        cerr = None if job.calib is None else job.calib.output_error(job.module.weight, layer.weight, job.module.bias)
     return werr, cerr
 
 
@@ -284,6 +294,8 @@ def _build(job: _Job, template: str, value: int | None) -> nn.Module:
             job.built[key] = searched
             return searched
         opts.pop("shape", None)
+        if job.calib is not None:
+            opts["calibration"] = job.calib
         if value is not None:
             opts[_knob(template)] = value
             if "clip" in _template_params(get(template)):
@@ -338,7 +350,7 @@ def _prepare(job: _Job) -> None:
                             + "; ".join(f"{t}: {e}" for t, e in reasons.items()))
 
 
-def _choose(job: _Job, share: float | None, inputs: Mapping[str, torch.Tensor]) -> None:
+def _choose(job: _Job, share: float | None) -> None:
     """Pick the job's template: the only candidate, or the lowest error at ``share`` of its weight
     (sized by the options when the job is fixed). Candidates that do not fit the share are
     tried only when none does (at their smallest size)."""
@@ -356,7 +368,7 @@ def _choose(job: _Job, share: float | None, inputs: Mapping[str, torch.Tensor]) 
     for t, (ladder, value) in pool.items():
         job.ladder = ladder
         try:
-            werr, cerr = _errors(job, _build(job, t, value), inputs)
+            werr, cerr = _errors(job, _build(job, t, value))
         except AdtnError as err:
             reasons[t] = str(err)
             continue
@@ -381,13 +393,15 @@ def _shares(jobs: list[_Job], target: float, floor: Mapping[int, int]) -> tuple[
         tight |= more
 
 
-def _allocate(jobs: list[_Job], target: float) -> set[int]:
+def _allocate(jobs: list[_Job], target: float, proxies: list | None = None) -> set[int]:
     """Set each flexible job's size so that their parameters total about ``target`` (see the module
-    doc); returns the ids of the layers whose smallest size is above their share."""
+    doc); returns the ids of the layers whose smallest size is above their share. With
+    ``proxies`` (global allocation) every layer starts at its smallest size and grows where the
+    output error falls most per parameter (``adtn.calibration.allocation``)."""
     floor = {id(j): j.ladder.count(j.ladder.step) for j in jobs}
     share, tight = _shares(jobs, target, floor)
     for j in jobs:
-        v = None if id(j) in tight else j.ladder.within(share * j.dense)
+        v = None if id(j) in tight or proxies is not None else j.ladder.within(share * j.dense)
         j.value = j.ladder.step if v is None else v
     total = sum(j.params for j in jobs)
     if total > target * (1 + TOLERANCE):
@@ -395,6 +409,9 @@ def _allocate(jobs: list[_Job], target: float) -> set[int]:
                            if id(j) in tight)
         raise RankError(f"compress: the budget ({target:,.0f} parameters) is below what the layers can get to: the "
                         f"smallest sizes total {total:,}; too big: {layers}; raise budget= or skip= those layers")
+    if proxies is not None:
+        grow(jobs, target, proxies)
+        return set()
     _fill(jobs, target)
     return tight
 
@@ -423,28 +440,31 @@ def _fill(jobs: list[_Job], target: float) -> None:
             return
 
 
-def _budgeted(jobs: list[_Job], target: float, inputs: Mapping[str, torch.Tensor]) -> None:
+def _budgeted(jobs: list[_Job], target: float, allocation: str = "uniform") -> None:
     """Choose the templates of the layers without given sizes and size them to share ``target``.
 
     Candidates are first compared at each layer's share of the budget; after allocation, a layer
     with several candidates compares them again at the parameters it was given (the chosen
     template's own size is among them, so its error can only fall), then the sizes are refilled.
+    ``allocation="global"`` sizes the layers by their whitened spectra (needs every layer's
+    calibration covariance) instead of giving each the same fraction.
     """
     for j in jobs:
         _prepare(j)
     floor = {id(j): min(lad.count(lad.step) for lad in j.ladders.values()) for j in jobs}
     share, _ = _shares(jobs, target, floor)
     for j in jobs:
-        _choose(j, share, inputs)
-    tight = _allocate(jobs, target)
+        _choose(j, share)
+    proxies = [Proxy(j.module.weight, j.calib) for j in jobs] if allocation == "global" else None
+    tight = _allocate(jobs, target, proxies)
     several = [j for j in jobs if len(j.ladders) > 1]
     for j in several:
         given = j.params
         j.tried = {}
-        _choose(j, given / j.dense, inputs)
+        _choose(j, given / j.dense)
         j.value = j.ladder.within(given) or j.ladder.step
     if several:
-        _fill(jobs, target)
+        grow(jobs, target, proxies) if proxies is not None else _fill(jobs, target)
     for j in jobs:
         if id(j) in tight and j.value == j.ladder.step:
             j.note = (f"its smallest {j.chosen!r} size ({j.params:,} parameters, {j.params / j.dense:.1%}) is above "
@@ -452,47 +472,19 @@ def _budgeted(jobs: list[_Job], target: float, inputs: Mapping[str, torch.Tensor
 
 
 # ---------------------------------------------------------------------- calibration
-def _call(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(batch[0])
-    return model(batch)
-
-
-@torch.no_grad()
-def _capture(model: nn.Module, jobs: Iterable[_Job], batch: Any) -> tuple[dict[str, torch.Tensor], Any]:
-    """Each job's first input in a forward pass of ``batch``, and the model's output."""
-    inputs: dict[str, torch.Tensor] = {}
-
-    def keep(name: str):
-        def hook(module: nn.Module, args: tuple) -> None:  # returns None: the input is left as it is
-            inputs.setdefault(name, args[0].detach())
-        return hook
-
-    hooks = [j.module.register_forward_pre_hook(keep(j.name)) for j in jobs]
-    try:
-        with eval_mode(model):
-            out = _call(model, batch)
-    except (RuntimeError, TypeError, ValueError) as err:
-        shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
-        raise ShapeError(f"compress: the calibration batch ({shape}) does not run through the model: {err}") from err
-    finally:
-        for h in hooks:
-            h.remove()
-    bad = [name for name, x in inputs.items() if x.is_floating_point() and not torch.isfinite(x).all()]
-    if bad:
-        raise ShapeError(f"compress: the calibration batch gives NaN or inf at the input of layer(s) {bad}")
-    return inputs, out
-
-
 @torch.no_grad()
 def _model_error(model: nn.Module, batch: Any, ref: Any) -> float | None:
     if not isinstance(ref, torch.Tensor):
         return None
     with eval_mode(model):
-        out = _call(model, batch)
+        out = call(model, batch)
     return _rel(out, ref) if isinstance(out, torch.Tensor) else None
+
+
+def _forward_order(jobs: list[_Job], order: list[str]) -> list[_Job]:
+    """The jobs in the order their layers first ran (those that never ran last, in model order)."""
+    rank = {name: k for k, name in enumerate(order)}
+    return sorted(jobs, key=lambda j: rank.get(j.name, len(rank)))
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -511,6 +503,8 @@ def compress(
     budget: float | None = None,
     skip: Sequence[str | type] = (),
     calibration: Any = None,
+    sequential: bool = False,
+    allocation: str | None = None,
     inplace: bool = False,
     candidates: Sequence[str] | None = None,
     **template_options: Any,
@@ -527,9 +521,19 @@ def compress(
         skip: layer names (a name skips its submodules too; glob patterns allowed) or module
             types left dense; a name that matches no layer is an error.
         calibration: an input batch: a tensor (``model(x)``), a tuple / list whose first item is
-            the input (a loader's ``(x, y)``), or a dict of keyword inputs. It gives each layer's
-            output error and the model's, conv FLOPs at the real input size, and the
-            ``mixed`` / ``auto`` choices (weight error without it).
+            the input (a loader's ``(x, y)``), or a dict of keyword inputs; or an iterable of
+            such batches (a DataLoader). One pass collects each layer's input covariance
+            ``Sigma = E[x x^T]`` (bounded memory): every initialiser then minimises the layer's
+            output error on the data instead of its weight error (``adtn.calibration``), and it
+            gives each layer's output error, the model's (on the first batch), conv FLOPs at the
+            real input size, and the ``mixed`` / ``auto`` choices (weight error without it).
+        sequential: collect each layer's covariance on the model whose earlier layers are
+            already compressed (layer by layer in forward order, one pass each, as SVD-LLM and
+            GPTQ do), so a layer corrects the error upstream; sizes and templates are chosen on
+            the first pass.
+        allocation: ``"global"`` (the default with calibration): layers get different fractions,
+            by a greedy knapsack on their whitened spectra (``adtn.calibration.allocation``);
+            ``"uniform"`` (the default without): every layer the same fraction (the module doc).
         inplace: change ``model`` itself; False (default) leaves it untouched and works on a copy.
         candidates: the templates ``auto`` tries (default ``default_candidates(kind)``).
         **template_options: given to every ``adtn.encode`` call (``init=``, ``forward=``,
@@ -549,6 +553,17 @@ def compress(
     sizes = [k for k in SIZE_KEYS if template_options.get(k) is not None]
     if budget is not None and sizes:
         raise RankError(f"compress: give budget= or a size for every layer ({', '.join(sizes)}=), not both")
+    if allocation is None:
+        allocation = "global" if calibration is not None else "uniform"
+    if allocation not in ALLOCATIONS:
+        raise AdtnError(f"compress: allocation must be one of {list(ALLOCATIONS)}, got {allocation!r}")
+    if allocation == "global" and calibration is None:
+        raise AdtnError("compress: allocation='global' needs calibration= (it sizes layers by their output error)")
+    if sequential and calibration is None:
+        raise AdtnError("compress: sequential=True needs calibration= (the inputs each compressed layer sees)")
+    if sequential and not reiterable(calibration):
+        raise AdtnError(f"compress: sequential=True passes over the calibration data once per layer; got a one-shot "
+                        f"{type(calibration).__name__}: pass a DataLoader or a batch")
     skip = (skip,) if isinstance(skip, (str, type)) else tuple(skip)
     all_names = [n for n, _ in model.named_modules()]
     for s in skip:
@@ -564,9 +579,14 @@ def compress(
         left = f"; left dense: {skipped}" if skipped else ""
         raise AdtnError(f"compress: no nn.Linear/nn.Conv1d/nn.Conv2d layers left to compress in "
                         f"{type(model).__name__}(...) after skip={skip!r}{left}")
-    inputs, ref = _capture(work, jobs, calibration) if calibration is not None else ({}, None)
+    found = collect(work, {j.name: j.module for j in jobs}, calibration) if calibration is not None else Collected()
     for j in jobs:
-        j.calib = inputs.get(j.name)
+        j.calib = found.covariances.get(j.name)
+    if allocation == "global" and any(j.calib is None for j in jobs if not j.fixed):
+        missed = [j.name for j in jobs if j.calib is None and not j.fixed]
+        warnings.warn(f"compress: layers {missed} never ran on the calibration data: allocation='uniform'",
+                      stacklevel=2)
+        allocation = "uniform"
     aliases: dict[int, list[str]] = {}
     for name, module in work.named_modules(remove_duplicate=False):
         aliases.setdefault(id(module), []).append(name)
@@ -574,35 +594,42 @@ def compress(
     flexible = [j for j in jobs if not j.fixed]
     for j in jobs:
         if j.fixed:
-            _choose(j, None, inputs)
+            _choose(j, None)
     fixed_params = sum(_build(j, j.chosen, None).num_tn_params for j in jobs if j.fixed)
     if flexible:
         target = budget * sum(j.dense for j in jobs) - fixed_params
         if target <= 0:
             raise RankError(f"compress: the layers with sizes given already take {fixed_params:,} parameters, more "
                             f"than the budget {budget} allows ({budget * sum(j.dense for j in jobs):,.0f})")
-        _budgeted(flexible, target, inputs)
+        _budgeted(flexible, target, allocation)
 
     report = Report(policy=_policy_text(policy), budget=budget,
                     model_params_before=sum(p.numel() for p in model.parameters()),
-                    flops_unit="per sample" if inputs else "per output position (conv) / row (linear)")
-    for j in jobs:
+                    flops_unit="per sample" if found.covariances else "per output position (conv) / row (linear)",
+                    allocation=allocation if flexible else "")
+    rows = {}
+    for j in _forward_order(jobs, found.order) if sequential else jobs:
+        if sequential:  # this layer's inputs on the model compressed so far
+            again = collect(work, {j.name: j.module}, calibration, keep_output=False).covariances.get(j.name)
+            if again is not None:
+                j.calib, j.built = again, {}
         layer = _build(j, j.chosen, None if j.fixed else j.value)
         layer.train(j.module.training)
-        werr, cerr = _errors(j, layer, inputs)
-        shape = tuple(inputs[j.name].shape) if j.name in inputs else None
+        werr, cerr = _errors(j, layer)
+        shape = j.calib.input_shape if j.calib is not None else None
         before, _ = layer_flops(j.module, shape)
         after, fwd = layer_flops(layer, shape)
         choice = getattr(layer, "shape_choice", None)
-        report.rows.append(LayerRow(j.name or ".", type(j.module).__name__, j.chosen, dict(layer.template_options),
-                                    j.dense, layer.num_tn_params, before, after, fwd, werr, cerr, dict(j.tried),
-                                    j.note, "" if choice is None else choice.summary()))
+        rows[j.name] = LayerRow(j.name or ".", type(j.module).__name__, j.chosen, dict(layer.template_options),
+                                j.dense, layer.num_tn_params, before, after, fwd, werr, cerr, dict(j.tried),
+                                j.note, "" if choice is None else choice.summary())
         for name in aliases.get(id(j.module), [j.name]):  # a module used at several places stays shared
             work = _replace(work, name, layer)
+    report.rows = [rows[j.name] for j in jobs]
     report.skipped = skipped
     report.model_params_after = sum(p.numel() for p in work.parameters())
     if calibration is not None:
-        report.model_error = _model_error(work, calibration, ref)
+        report.model_error = _model_error(work, found.first, found.output)
     if budget is not None and flexible and abs(report.fraction - budget) > TOLERANCE * budget:
         warnings.warn(f"compress: achieved {report.fraction:.4f} of the parameters, more than 10% from budget="
                       f"{budget} (the layers' sizes ran out); see the report", stacklevel=2)

@@ -54,6 +54,7 @@ def fit(
     log_every: int = 50,
     patience: int | None = 200,
     min_improvement: float = 1e-3,
+    metric: torch.Tensor | None = None,
 ) -> FitResult:
     """Fit ``module`` (anything with ``dense()`` and parameters) to ``dense`` in place.
 
@@ -69,6 +70,9 @@ def fit(
         patience: stop Adam when the best error of the last ``patience`` steps is less than
             ``min_improvement`` (relative) below the best before them; None never stops early.
         min_improvement: see ``patience``.
+        metric: (groups, n, n) factors ``L`` of the inputs' second moment (``adtn.calibration``):
+            the error is then ``||(W_hat - W) L||`` over ``||W L||``, the relative output error on
+            calibration inputs, with ``W`` as (groups, out / groups, n).
     """
     if not hasattr(module, "dense"):
         raise AdtnError(f"fit: {type(module).__name__} has no dense() method; pass a compiled network")
@@ -85,7 +89,14 @@ def fit(
     was_training = module.training
     module.train()
 
+    if metric is not None:
+        metric = metric.to(dtype=dense.dtype, device=dense.device)
+        g, n = metric.shape[0], metric.shape[-1]
+        norm = torch.linalg.vector_norm(dense.reshape(g, -1, n) @ metric).clamp_min(torch.finfo(dense.dtype).tiny)
+
     def loss_fn() -> torch.Tensor:
+        if metric is not None:
+            return torch.linalg.vector_norm((module.dense() - dense).reshape(g, -1, n) @ metric) / norm
         return torch.linalg.vector_norm(module.dense() - dense) / norm
 
     history: list[float] = []

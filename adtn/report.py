@@ -72,6 +72,11 @@ class LayerRow:
         return self.params_before / max(1, self.params_after)
 
     @property
+    def share(self) -> float:
+        """The fraction of its dense weight the layer kept: params_after / params_before."""
+        return self.params_after / max(1, self.params_before)
+
+    @property
     def options_text(self) -> str:
         return ", ".join(f"{k}={_short(v)}" for k, v in self.options.items() if k != "clip")
 
@@ -98,6 +103,7 @@ class Report:
     model_params_after: int | None = None
     model_error: float | None = None
     flops_unit: str = "per sample"
+    allocation: str = ""  # how the budget was shared: "uniform", "global" (by whitened error), "" (sizes given)
 
     # ------------------------------------------------------------------ totals
     @property
@@ -139,7 +145,8 @@ class Report:
         """Plain JSON-able data: rows (with ``ratio``), skipped layers, totals and settings."""
         rows = [{**asdict(r), "options": {k: _jsonable(v) for k, v in r.options.items()}, "ratio": r.ratio}
                 for r in self.rows]
-        return {"policy": self.policy, "budget": self.budget, "flops_unit": self.flops_unit, "rows": rows,
+        return {"policy": self.policy, "budget": self.budget, "allocation": self.allocation,
+                "flops_unit": self.flops_unit, "rows": rows,
                 "skipped": [list(s) for s in self.skipped], "totals": self.totals()}
 
     def _table(self) -> tuple[list[str], list[list[str]], list[str]]:
@@ -164,6 +171,10 @@ class Report:
         if self.model_error is not None:
             lines.append(f"model output error on the calibration batch {self.model_error:.4f} (total row, calib err)")
         lines.append(f"FLOPs {self.flops_unit}; params count weights only (biases stay dense)")
+        if self.allocation and self.rows:
+            how = "by output error per parameter" if self.allocation == "global" else "the same fraction each"
+            lines.append(f"allocation {self.allocation} ({how}): "
+                         + ", ".join(f"{r.name} {r.share:.1%}" for r in self.rows))
         lines += [f"left dense: {name} ({why})" for name, why in self.skipped]
         lines += [f"note: {r.name}: {r.note}" for r in self.rows if r.note]
         lines += [f"shape {r.name}: {r.shape}" for r in self.rows if r.shape]
@@ -275,6 +286,10 @@ def _fast_flops(m: nn.Module, form: str, n: int, h: int, w: int) -> int:
     geo = m._geo
     ho, wo = geo.out_size(h, w)
     p = m._params()
+    if form == "low_rank":  # V's kh x kw conv to r channels, then U's 1x1
+        r = m._low_rank()[1][2]
+        kh, kw = geo.kernel
+        return 2 * n * ho * wo * r * (m.in_channels // m.groups * kh * kw + m.out_channels)
     if form == "tucker2":
         r_out, r_in, kh, kw = m._tucker_core().shape
         flops = 2 * n * ho * wo * r_out * r_in * kh * kw

@@ -268,8 +268,9 @@ class TNLayer(nn.Module):
         common = {"bias": bias is not None, "template": template, "forward": forward, "device": weight.device,
                   "dtype": weight.dtype}
         options = dict(options)
+        cov = _covariance(where, args, weight, options.pop("calibration", None))
         choice = _auto_shape(where, cls, args, template, weight, bias, options, rank=rank, budget=budget, tol=tol,
-                             modes=modes, init=init)
+                             modes=modes, init=init, cov=cov)
         structure = None
         if choice is not None:
             rank, budget, modes = choice.rank, None, choice.options.get("modes")
@@ -284,15 +285,17 @@ class TNLayer(nn.Module):
             init = "random"
         if structure is not None:
             layer = cls(**args, **common, structure=structure)
-            initialize(layer, weight, init, fit_options)
+            initialize(layer, weight, init, fit_options, cov)
         elif tol is None:
             layer = cls(**args, **common, rank=rank, depth=depth, budget=budget, modes=modes, **options)
-            initialize(layer, weight, init, fit_options)
+            initialize(layer, weight, init, fit_options, cov)
         else:
             structure, tensors = tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes,
                                                 init, options)
             layer = cls(**args, **common, structure=structure)
             layer.load_node_tensors(tensors)
+            if cov is not None:  # tol picks the ranks by weight error; the tensors are then fit to the data
+                initialize(layer, weight, init, fit_options, cov)
         layer.shape_choice = choice
         if bias is not None:
             with torch.no_grad():
@@ -303,23 +306,32 @@ class TNLayer(nn.Module):
 SHAPES = ("auto", "default", None)
 
 
+def _covariance(where: str, args: dict[str, Any], weight: torch.Tensor, calibration: Any) -> Any:
+    """``calibration`` (a batch of the layer's inputs, batches, or a Covariance) as a Covariance."""
+    if calibration is None:
+        return None
+    from ..calibration import covariance
+
+    text = f"the layer (weight {tuple(weight.shape)})"
+    return covariance(args, calibration, where=where, layer_text=text)
+
+
 def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weight: torch.Tensor,
                 bias: torch.Tensor | None, options: dict[str, Any], *, rank: Any, budget: float | None,
-                tol: float | None, modes: Any, init: str) -> Any:
+                tol: float | None, modes: Any, init: str, cov: Any = None) -> Any:
     """The ``ShapeChoice`` of ``shape="auto"``, or None for the fixed rule; pops ``shape`` and
     ``calibration`` from ``options``.
 
     ``shape`` not given means ``"auto"`` when it is safe: ``budget=`` is given, no ``modes=`` /
     ``factors=`` / ``d=`` / ``kernel_with=``, the template is searchable and the network is initialised from the
     weight (``init`` "auto" or "decompose"). ``rank=``, ``tol=`` or ``init="random"`` keep the
-    fixed rule, as do ``shape="default"`` and ``shape=None``. ``calibration``: an input batch of
-    the layer; the search then ranks its finalists by the layer's output error on it (the
-    relative error of ``layer(x)``, bias included, as ``adtn.compress`` reports it).
+    fixed rule, as do ``shape="default"`` and ``shape=None``. ``cov``: the covariance of the
+    layer's calibration inputs; the search then ranks its finalists by the layer's output error
+    on them (the relative error of ``layer(x)``, bias included, as ``adtn.compress`` reports it).
     """
     from ..shapes import SEARCHABLE, search
 
     shape = options.pop("shape", "unset")
-    calibration = options.pop("calibration", None)
     if shape not in SHAPES + ("unset",):
         raise AdtnError(f"{where}: shape must be 'auto', 'default' or None, got {shape!r}")
     forced = modes is not None or any(options.get(k) is not None for k in ("factors", "d", "kernel_with"))
@@ -336,16 +348,7 @@ def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weig
         raise AdtnError(f"{where}: shape='auto' needs budget= (a fraction of the dense parameters), got "
                         f"budget={budget!r}, tol={tol!r}")
     b = None if bias is None else bias.detach()
-    if cls.kind == "linear":
-        apply = lambda w, x: F.linear(x, w, b)
-    else:
-        geo = {k: args[k] for k in ("stride", "padding", "dilation")}
-        conv = (nn.Conv1d if weight.dim() == 3 else nn.Conv2d)(  # its forward handles every padding mode
-            args["in_channels"], args["out_channels"], args["kernel_size"], **geo,
-            groups=args.get("groups", 1), padding_mode=args.get("padding_mode", "zeros"), bias=b is not None,
-            device="meta")
-        apply = lambda w, x: torch.func.functional_call(conv, {"weight": w, "bias": b}, (x,))
-    return search(template, weight.detach(), cls.weight_axes(**args), budget, inputs=calibration, apply=apply,
+    return search(template, weight.detach(), cls.weight_axes(**args), budget, covariance=cov, bias=b,
                   t=options.get("t"))
 
 

@@ -91,18 +91,44 @@ def _estimate(unf: Unfoldings, c: Candidate, level: str) -> float:
     return math.sqrt(sum(unf.tail2(key, r, level) for key, r in c.bonds) / unf.norm2)
 
 
-def _approximation(template: str, dense: Tensor, c: Candidate) -> Tensor:
-    """The weight the template's initialiser gives for this candidate (cropped to ``dense``)."""
+def _approximation(template: str, dense: Tensor, c: Candidate, cov: Any = None) -> Tensor:
+    """The weight the template's initialiser gives for this candidate (cropped to ``dense``);
+    with a covariance ``cov`` the data-aware one (``adtn.calibration.init``)."""
     from ..api import _template_params
     from ..templates.init_common import contract
 
-    padded = dense
-    if tuple(c.axes.values()) != tuple(dense.shape):
-        padded = dense.new_zeros(tuple(c.axes.values()))
-        padded[tuple(slice(0, n) for n in dense.shape)] = dense
+    padded = _padded(dense, c.axes)
     opts = dict(c.options) | ({"clip": True} if "clip" in _template_params(get(template)) else {})
-    graph, tensors = get(template).init(padded, c.axes, rank=c.rank, **opts)
+    if cov is not None:
+        from ..calibration.init import calibrated_init, fit_covariance
+
+        axes = dict(zip(c.axes, dense.shape))
+        graph, tensors = calibrated_init(template, padded, c.axes, fit_covariance(cov, axes, c.axes), rank=c.rank,
+                                         **opts)
+    else:
+        graph, tensors = get(template).init(padded, c.axes, rank=c.rank, **opts)
     return contract(graph, tensors)[tuple(slice(0, n) for n in dense.shape)]
+
+
+def _padded(dense: Tensor, axes: Mapping[str, int]) -> Tensor:
+    if tuple(axes.values()) == tuple(dense.shape):
+        return dense
+    padded = dense.new_zeros(tuple(axes.values()))
+    padded[tuple(slice(0, n) for n in dense.shape)] = dense
+    return padded
+
+
+def _whiten(dense: Tensor, axes: Mapping[str, int], cov: Any) -> Tensor:
+    """``W L`` (W as out x in-side, ``L`` the Cholesky factor of the damped, padded ``Sigma``): its
+    unfoldings' tails bound the output error of an exactly whitened decomposition."""
+    from ..calibration import cholesky_factor
+    from ..calibration.init import fit_covariance
+
+    padded = _padded(dense, axes)
+    cov = fit_covariance(cov, dict(zip(axes, dense.shape)), axes).to(dense.device)
+    L = cholesky_factor(cov.matrix, cov.damping)
+    out = padded.shape[0]
+    return (padded.to(torch.float64).reshape(out, -1) @ L).reshape(padded.shape).to(dense.dtype)
 
 
 def _apply_for(dense: Tensor, apply: Apply | None) -> Apply:
@@ -122,6 +148,8 @@ def search(
     *,
     inputs: Tensor | None = None,
     apply: Apply | None = None,
+    covariance: Any = None,
+    bias: Tensor | None = None,
     t: int | None = None,
     candidates: Sequence[Mapping[str, Any]] | None = None,
     refine: int = 3,
@@ -148,6 +176,10 @@ def search(
         inputs: calibration inputs of the layer: the finalists are ranked by the relative error
             of ``apply(weight, inputs)`` (weights with at most 2**18 entries).
         apply: ``(weight, x) -> output`` of the layer (default ``F.linear`` without bias).
+        covariance: instead of ``inputs``, an ``adtn.calibration.Covariance`` of the layer's
+            inputs: candidates are screened on the whitened weight ``W L``, the finalists (those
+            of the plain screening too) decomposed data-aware and ranked by output error.
+        bias: the layer's bias, for the output error reported with ``covariance``.
         t: the semi-tensor factor (semi templates); None tries 2 and 4.
         candidates: restrict the search to these build options.
         refine: how many of the best bounds become finalists besides the default and SVD-like
@@ -155,10 +187,11 @@ def search(
         pad: also try zero-padded sizes for badly factorable axes.
     """
     with single_thread(dense.numel() <= SERIAL_NUMEL):
-        return _search(template, dense, axes, budget, inputs, apply, t, candidates, refine, pad)
+        return _search(template, dense, axes, budget, inputs, apply, t, candidates, refine, pad, covariance, bias)
 
 
-def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine, pad) -> ShapeChoice:
+def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine, pad, cov=None,
+            bias=None) -> ShapeChoice:
     start = time.perf_counter()
     if template not in SEARCHABLE:
         raise TemplateError(f"shape search: template {template!r} is not searchable; valid: {list(SEARCHABLE)}")
@@ -173,6 +206,9 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
     if dense.dtype not in (torch.float32, torch.float64):
         dense = dense.float()
     run, ref = _calibration(dense, inputs, apply)
+    if cov is not None and cov.features * dense.shape[0] != dense.numel():
+        raise ShapeError(f"shape search: a calibration covariance over {cov.features} features does not fit the "
+                         f"layer (weight {tuple(dense.shape)})")
     cands = enumerate_candidates(template, axes, float(budget), t, pad)
     if candidates is not None:
         keys = {options_key(c) for c in candidates}
@@ -186,33 +222,35 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
         cands = _shortlist(cands, MAX_SCREENED)
     unfoldings: dict[tuple, Unfoldings] = {}
 
-    def unf(c: Candidate) -> Unfoldings:
-        shape = tuple(c.axes.values())
+    def unf(c: Candidate, white: bool = cov is not None) -> Unfoldings:
+        shape = (tuple(c.axes.values()), white)
         if shape not in unfoldings:
-            padded = dense
-            if shape != tuple(dense.shape):
-                padded = dense.new_zeros(shape)
-                padded[tuple(slice(0, n) for n in dense.shape)] = dense
-            unfoldings[shape] = Unfoldings(padded)
+            unfoldings[shape] = Unfoldings(_whiten(dense, c.axes, cov) if white else _padded(dense, c.axes))
         return unfoldings[shape]
 
+    measured = dense.numel() <= REFINE_NUMEL and get(template).init is not None
+    plain: list[Candidate] = []
+    if cov is not None and measured:  # the plain screening's leaders are finalists too: never worse than it
+        _screen(cands, lambda c: unf(c, False))
+        plain = sorted(cands, key=lambda c: c.estimate)[:refine]
     _screen(cands, unf)
     cands.sort(key=lambda c: c.estimate)
-    measured = dense.numel() <= REFINE_NUMEL and get(template).init is not None
     must = [c for c in cands if c.tag in ("default", "svd")]
-    finalists = list({id(c): c for c in cands[: refine if measured else min(refine, 1)] + must}.values())
+    finalists = list({id(c): c for c in cands[: refine if measured else min(refine, 1)] + must + plain}.values())
     for c in finalists:
         c.estimate = _estimate(unf(c), c, "sketch")
     criterion = "weight"
     if measured:
         for c in finalists:
-            approx = _approximation(template, dense, c)
-            c.error = float(torch.linalg.vector_norm(approx - dense) / math.sqrt(unf(c).norm2))
+            approx = _approximation(template, dense, c, cov)
+            c.error = float(torch.linalg.vector_norm(approx - dense) / math.sqrt(unf(c, False).norm2))
             if run is not None:
                 diff = torch.linalg.vector_norm(run(approx, inputs) - ref)
                 c.output = float(diff / torch.linalg.vector_norm(ref).clamp_min(1e-30))
-        criterion = "output" if inputs is not None else "weight"
-    elif template in ESTIMATED and get(template).init is not None:
+            elif cov is not None:
+                c.output = cov.output_error(dense, approx, bias)
+        criterion = "output" if inputs is not None or cov is not None else "weight"
+    elif template in ESTIMATED and get(template).init is not None and cov is None:
         _measure_leaders(template, dense, finalists, unf)
     return _choice(template, cands, finalists, criterion, measured, time.perf_counter() - start, axes)
 
