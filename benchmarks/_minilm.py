@@ -92,7 +92,8 @@ class MiniLM(nn.Module):
         self.layers = nn.ModuleList(Layer(hidden, config["num_attention_heads"], config["intermediate_size"], eps)
                                     for _ in range(config["num_hidden_layers"]))
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The last layer's token states (batch, tokens, hidden)."""
         t = input_ids.shape[1]
         x = (self.word_embeddings(input_ids) + self.position_embeddings.weight[:t]
              + self.token_type_embeddings.weight[0])
@@ -100,6 +101,10 @@ class MiniLM(nn.Module):
         keep = attention_mask.bool()
         for layer in self.layers:
             x = layer(x, keep)
+        return x
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        x = self.hidden(input_ids, attention_mask)
         m = attention_mask.unsqueeze(-1).to(x.dtype)
         pooled = (x * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, p=2, dim=1)
