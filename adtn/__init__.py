@@ -1,7 +1,7 @@
 """adtn: compress neural networks with tensor networks, on one graph engine."""
 
 from . import templates
-from .api import encode, load, save
+from .api import encode, load, load_into, save
 from .compress import compress
 from .deep import DeepTN
 from .deep_module import DeepTNModule
@@ -16,6 +16,24 @@ from .structures import load_structure
 from .train import History, evaluate, finetune, setup_distributed
 
 __version__ = "0.1.0"
+
+# Submodules that ``import adtn`` does not load (they pull in data files, the CLI, models):
+# ``adtn.data`` / ``adtn.models`` import them on first use, so the package imports fast.
+_LAZY = ("budget", "cli", "data", "draw", "initializers", "interop", "models", "structures", "testing")
+
+
+def __getattr__(name: str):
+    """Import a lazy submodule on first attribute access (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'adtn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AdtnError",
@@ -47,6 +65,7 @@ __all__ = [
     "finetune",
     "fit",
     "load",
+    "load_into",
     "load_structure",
     "plan",
     "save",

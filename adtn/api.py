@@ -7,7 +7,7 @@ axes and build options; ``initialize`` sets a layer's network from a dense weigh
     layer = adtn.encode(nn.Linear(4096, 4096), template="adtn", depth=1)
     layer = adtn.encode(conv, template="kronecker", rank=8)
     layer = adtn.encode(linear, template="tt", budget=0.05, init="decompose")
-    adtn.save(model, "model.pt"); model = adtn.load("model.pt")
+    adtn.save(model, "model.pt"); model = adtn.load_into(Net(), "model.pt")  # or adtn.load("model.pt")
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,7 +27,7 @@ from torch import nn
 from .budget import FILL, effective_ranks, kronecker_splits
 from .budget import fill_ranks as _fill_budget
 from .budget import knob_for_budget as _knob_for_budget
-from .errors import AdtnError, RankError, SchemaError, ShapeError, TemplateError
+from .errors import AdtnError, RankError, ShapeError, TemplateError
 from .graph import TensorGraph
 from .templates import Template, get, names
 from .templates.factor import _is_int, default_modes, divisible_modes, factorize
@@ -36,9 +35,9 @@ from .templates.factor import _is_int, default_modes, divisible_modes, factorize
 if TYPE_CHECKING:
     from .layers import TNLayer
 
-__all__ = ["FORMAT", "INITS", "Spec", "encode", "initialize", "load", "resolve", "save", "tol_structure"]
+__all__ = ["FORMAT", "INITS", "OversizeWarning", "Spec", "check_budget", "encode", "initialize", "load", "load_into",
+           "match_norm", "resolve", "save", "true_ranks"]
 
-FORMAT = "adtn.model/1"
 SUPPORTED = "nn.Linear, nn.Conv1d, nn.Conv2d"
 INITS = ("auto", "decompose", "fit", "random")
 
@@ -148,6 +147,43 @@ def _budget_spec(where: str, t: Template, axes: dict[str, int], kwargs: dict, kn
     return best[1], effective_ranks(t, best[1], best[2])
 
 
+def check_budget(where: str, budget: Any) -> None:
+    """A budget is a fraction of the dense parameters in (0, 1]: more than the dense layer is no compression."""
+    if (isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not math.isfinite(budget)
+            or not 0 < budget <= 1):
+        raise RankError(f"{where}: budget is a fraction of the dense parameters, in (0, 1], got {budget!r}")
+
+
+def true_ranks(t: Template, axes: dict[str, int], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` whose one int rank (a cap under ``clip``) is replaced by the ranks the network
+    really gets when some bond cannot use it: per bond (a list or tuple, where the template takes
+    one and gives the same graph), else the smallest int giving the same graph. Unchanged when
+    every bond gets the rank, so ``rank=`` and the repr say what the network has."""
+    rank = kwargs.get("rank")
+    if not kwargs.get("clip") or not _is_int(rank) or rank <= 1:
+        return kwargs
+
+    def structure(r: Any) -> str | None:
+        try:
+            return t.build(axes, **{**kwargs, "rank": r}).structure_hash()
+        except (AdtnError, TypeError, ValueError):
+            return None
+
+    want = structure(rank)
+    if want is None:
+        return kwargs
+    for n in range(1, 9):
+        for seq in (list, tuple):
+            if structure(seq([rank] * n)) == want:
+                per_bond = effective_ranks(t, axes, {**kwargs, "rank": seq([rank] * n)})
+                return kwargs if all(r == rank for r in per_bond["rank"]) else per_bond
+    lo, hi = 1, rank  # no per-bond form: the smallest uniform cap giving this graph
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if structure(mid) == want else (mid + 1, hi)
+    return {**kwargs, "rank": lo}
+
+
 def _semi_modes(axes: dict[str, int], raw: Mapping[str, int], modes: tuple, t: int, offset: int):
     """Balanced default in modes made divisible by t where the semi-tensor bonds need it (padded if needed)."""
     inn = list(axes)[1]
@@ -212,8 +248,7 @@ def resolve(
     if depth is not None and knob != "depth":
         kwargs["depth"] = depth
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not 0 < budget:
-            raise RankError(f"{where}: budget is a fraction of the dense parameters, > 0, got {budget!r}")
+        check_budget(where, budget)
         if knob is None or t.formula is None:
             raise TemplateError(f"{where}: budget= needs template {t.name!r} to have a size option and a "
                                 "parameter formula; pass its options directly")
@@ -228,6 +263,7 @@ def resolve(
             # kernel's, a 1x1 conv's spatial core) get their largest useful rank. Ranks given per
             # bond stay strict, and so do the templates' own builders
             kwargs.setdefault("clip", True)
+            kwargs = true_ranks(t, axes, kwargs)
     elif knob is not None and tol is None and params[knob].default is inspect.Parameter.empty:
         raise RankError(f"{where}: template {t.name!r} needs a size: pass {knob}=, budget= (a fraction of the "
                         "dense parameters) or tol=")
@@ -249,14 +285,21 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
                calibration: Any = None) -> None:
     """Set ``layer.tn`` from a dense weight, in place.
 
-    ``"auto"``: the template's SVD-family initialiser when it has one, else ``adtn.fit``;
-    ``"decompose"``: the initialiser or an error; ``"fit"``: gradient descent; ``"random"``: nothing.
-    ``calibration`` (an ``adtn.calibration.Covariance`` of the layer's inputs): the initialiser
-    or the fit minimises the output error on them instead (``adtn.calibration.init``).
+    ``"auto"``: the template's SVD-family initialiser when it has one; a deep ADTN (no
+    initialiser, and fitting one is slow and rarely gets close) starts random; any other
+    network is fitted (``adtn.fit``). ``"decompose"``: the initialiser or an error; ``"fit"``:
+    gradient descent, with a progress bar on a terminal; ``"random"``: the layer's random
+    network scaled to the dense weight's Frobenius norm, so that on inputs of unit variance its
+    outputs have the dense layer's variance. ``calibration`` (an ``adtn.calibration.Covariance``
+    of the layer's inputs): the initialiser or the fit minimises the output error on them
+    instead of the weight error (``adtn.calibration.init``).
     """
     if init not in INITS:
         raise AdtnError(f"init must be one of {list(INITS)}, got {init!r}")
+    if init == "auto" and not isinstance(layer.structure, TensorGraph):  # a DeepTN
+        init = "random"
     if init == "random":
+        match_norm(layer, dense)
         return
     target = layer.pad_weight(dense.detach())
     t = get(layer.template) if layer.template is not None else None  # None: the user's own graph
@@ -283,7 +326,7 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
                         f"{name} has none; use init='fit' (gradient descent) or 'auto'")
     from .fitting import fit
 
-    options = dict(fit_options or {})
+    options = {"progress": None, **dict(fit_options or {})}  # None: a bar on a terminal only
     if cov is not None:
         from .calibration.init import metric
 
@@ -296,28 +339,24 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
                       "init='random' to skip the fit", stacklevel=3)
 
 
-def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes, init, options):
-    """(structure, node tensors) from the template's initialiser at the smallest size reaching ``tol``."""
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < 1:
-        raise RankError(f"{where}: tol is a relative Frobenius error in (0, 1), got {tol!r}")
-    axes = cls.weight_axes(**args)
-    spec = resolve(where, template, axes, cls.kind, rank=rank, depth=depth, budget=budget, tol=tol, modes=modes,
-                   options=options, nouns=cls.nouns)
-    t = spec.template
-    if init not in ("auto", "decompose"):
-        raise RankError(f"{where}: tol needs init='decompose' (the template's SVD-family initialiser), got "
-                        f"init={init!r}")
-    if t.init is None:
-        raise RankError(f"{where}: tol needs init='decompose', and template {t.name!r} has no SVD-family "
-                        "initialiser; pass rank= or budget=")
-    dense = weight.detach()
-    if spec.axes != axes:
-        padded = dense.new_zeros(tuple(spec.axes.values()))
-        padded[tuple(slice(0, n) for n in axes.values())] = dense
-        dense = padded
-    return t.init(dense, spec.axes, tol=float(tol), **spec.kwargs)
-
-
+@torch.no_grad()
+def match_norm(layer: TNLayer, dense: torch.Tensor) -> None:
+    """Scale ``layer``'s network so that its (cropped) weight has the Frobenius norm of ``dense``:
+    E|Wx|^2 = |W|_F^2 for inputs of unit variance, so the outputs get the dense layer's variance.
+    Multiplies one parameter node (the scale buffer of a deep ADTN), which scales every entry."""
+    if dense.is_meta or layer.weight.is_meta:
+        return
+    have, want = torch.linalg.vector_norm(layer.dense_weight().detach()), torch.linalg.vector_norm(dense.detach())
+    if not (torch.isfinite(have) and torch.isfinite(want) and have > 0 and want > 0):
+        return
+    factor = float(want / have)
+    scale = getattr(layer.tn, "scale", None)
+    if isinstance(scale, torch.Tensor):  # DeepTNModule: the fixed global scale
+        scale.mul_(factor)
+        return
+    params = list(layer.tn.parameters())
+    if params:
+        params[0].mul_(factor)
 
 
 def is_lazy(layer: nn.Module) -> bool:
@@ -345,14 +384,17 @@ def encode(
         layer: the torch layer; its weight initialises the network, its bias is copied.
         template: a registered template (``adtn.templates.names()``).
         depth, rank: the template's size, whichever it takes.
-        budget: instead, a fraction of the dense weight's parameters: the largest uniform
-            rank (or depth) whose closed-form parameter count fits in it.
+        budget: instead, a fraction of the dense weight's parameters, in (0, 1]: the largest
+            uniform rank (or depth) whose closed-form parameter count fits in it.
         tol: instead, a relative Frobenius error; the template's SVD-family initialiser picks
-            the smallest ranks reaching it (needs ``init`` "auto" or "decompose").
+            the smallest ranks reaching it (needs ``init`` "auto" or "decompose"), in a searched
+            shape for the searchable templates (``adtn.tolerance``).
         modes: ``(out_modes, in_modes)`` for templates that split axes into modes; balanced
             when None, a badly factorable (prime) size zero-padded.
-        init: ``"auto"`` (the template's initialiser if any, else ``adtn.fit``),
-            ``"decompose"`` (the initialiser, or an error), ``"fit"``, or ``"random"``.
+        init: ``"auto"`` (the template's initialiser if any; a deep ADTN starts random; a user
+            graph is fitted), ``"decompose"`` (the initialiser, or an error), ``"fit"`` (gradient
+            descent, a progress bar on a terminal), or ``"random"`` (scaled to the weight's norm,
+            so the outputs keep the dense layer's variance).
         forward: ``"auto"`` (cheaper of rebuild and streaming, per input shape), ``"dense"``, ``"direct"``.
         fit_options: keyword arguments of ``adtn.fit`` when fitting runs.
         **options: further template options, and two layer options: ``shape`` (``"auto"``:
@@ -363,65 +405,48 @@ def encode(
             error on it instead of weight error).
 
     Returns:
-        A ``TNLinear``, ``TNConv1d`` or ``TNConv2d`` on the layer's device and dtype.
+        A ``TNLinear``, ``TNConv1d`` or ``TNConv2d`` on the layer's device and dtype; an
+        ``OversizeWarning`` says when it holds more parameters than ``layer``'s weight.
     """
     from .layers import TNConv1d, TNConv2d, TNLayer, TNLinear
 
     kw = {"depth": depth, "rank": rank, "budget": budget, "tol": tol, "modes": modes, "init": init,
           "forward": forward, "fit_options": fit_options, **options}
+    if budget is not None:
+        check_budget("encode", budget)
     if isinstance(layer, TNLayer):
         raise AdtnError(f"encode: {type(layer).__name__} is already a TN layer")
     if is_lazy(layer):
         raise AdtnError(f"encode: {type(layer).__name__} is a lazy layer whose weight is not initialised yet; "
                         "run one forward pass first")
     if isinstance(layer, nn.Linear):
-        return TNLinear.from_linear(layer, template, **kw)
-    if isinstance(layer, nn.Conv2d):
-        return TNConv2d.from_conv2d(layer, template, **kw)
-    if isinstance(layer, nn.Conv1d):
-        return TNConv1d.from_conv1d(layer, template, **kw)
-    kind = type(layer)
-    name = f"nn.{kind.__name__}" if kind.__module__.startswith("torch.nn") else kind.__name__
-    raise AdtnError(f"encode: {name} is not supported; supported: {SUPPORTED}")
+        out = TNLinear.from_linear(layer, template, **kw)
+    elif isinstance(layer, nn.Conv2d):
+        out = TNConv2d.from_conv2d(layer, template, **kw)
+    elif isinstance(layer, nn.Conv1d):
+        out = TNConv1d.from_conv1d(layer, template, **kw)
+    else:
+        kind = type(layer)
+        name = f"nn.{kind.__name__}" if kind.__module__.startswith("torch.nn") else kind.__name__
+        raise AdtnError(f"encode: {name} is not supported; supported: {SUPPORTED}")
+    _warn_oversize(layer, out)
+    return out
 
 
-def _manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Per TN layer: class, template and its structure as JSON (readable without unpickling torch modules)."""
-    from .layers import TNLayer
-
-    layers = {}
-    for name, module in model.named_modules():
-        if isinstance(module, TNLayer):
-            layers[name or "."] = {"class": type(module).__name__, "template": module.template,
-                                   "axes": dict(module.axes), "structure": module.structure.to_json()}
-    return layers
+class OversizeWarning(UserWarning):
+    """A TN layer with more parameters than the dense weight it replaces."""
 
 
-def save(model: nn.Module, path: str | Path | BinaryIO) -> None:
-    """Save a model holding TN layers (any ``nn.Module``) so that ``load`` returns it, outputs bit-exact.
-
-    The file holds ``{"format": "adtn.model/1", "model": <the pickled module>, "layers": {...}}``;
-    each TN layer's structure is also kept as JSON under ``layers``.
-    """
-    if not isinstance(model, nn.Module):
-        raise AdtnError(f"save: model must be an nn.Module, got {type(model).__name__}")
-    for module in model.modules():  # rebuilt weights are caches: do not store them
-        if getattr(module, "_dense_cache", None) is not None:
-            module._dense_cache = None
-    from . import __version__
-
-    payload = {"format": FORMAT, "adtn_version": __version__, "torch_version": torch.__version__,
-               "layers": _manifest(model), "model": model}
-    torch.save(payload, path)
+def _warn_oversize(dense: nn.Module, layer: TNLayer) -> None:
+    n, full = layer.num_tn_params, dense.weight.numel()
+    if n <= full:
+        return
+    options = ", ".join(f"{k}={v!r}" for k, v in layer.template_options.items() if k != "clip")
+    warnings.warn(f"encode: {type(dense).__name__} weight {tuple(dense.weight.shape)} as template "
+                  f"{layer.template!r} ({options}) has {n:,} parameters, {n / full:.2f}x the dense weight's {full:,}: "
+                  "larger than the layer it replaces; pass a smaller rank= or depth=, a budget= in (0, 1] or a "
+                  "looser tol=", OversizeWarning, stacklevel=3)
 
 
-def load(path: str | Path | BinaryIO, map_location: Any = None) -> nn.Module:
-    """Load a model written by ``save``; ``map_location`` as in ``torch.load``.
-
-    The file is unpickled (``torch.load(weights_only=False)``): load only files you trust.
-    """
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-    if got != FORMAT:
-        raise SchemaError(f"load: expected a file written by adtn.save (format {FORMAT!r}), got {got!r}")
-    return payload["model"]
+# saving lives in manifest.py; imported last, as it builds on the layers that import this module
+from .manifest import FORMAT, load, load_into, save

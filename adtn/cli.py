@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
+from .deep import DeepTN
 from .errors import AdtnError
 from .graph import TensorGraph
 from .module import compile
@@ -130,8 +132,10 @@ def _load_model(spec: str) -> torch.nn.Module:
         raise AdtnError(f"MODEL {spec!r}: no such file, and not of the form package.module:factory")
     else:
         model = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(model, dict) and "model" in model and "format" in model:  # written by adtn.save
-            model = model["model"]
+        if isinstance(model, dict) and "format" in model:  # written by adtn.save
+            from .api import load
+
+            model = load(path, map_location="cpu")
     if not isinstance(model, torch.nn.Module):
         hint = " (a state_dict? pass package.module:factory instead)" if isinstance(model, dict) else ""
         raise AdtnError(f"MODEL {spec!r}: expected an nn.Module, got {type(model).__name__}{hint}")
@@ -181,7 +185,7 @@ def info(args: argparse.Namespace) -> int:
             return 0
         print(report.to_markdown() if args.markdown else report)
         return 0
-    structure = load_structure(args.file)
+    structure = _structure(args.file, "a model file written by adtn.save / torch.save, or a graph JSON")
     print(structure)
     module = compile(structure)
     print(f"dense(): {module.cost()}")
@@ -192,18 +196,31 @@ def info(args: argparse.Namespace) -> int:
 
 
 def draw(args: argparse.Namespace) -> int:
-    """Draw a graph JSON to an image file."""
-    structure = load_structure(args.file)
-    if isinstance(structure, TensorGraph):
-        structure.draw(args.output, layout=args.layout)
-    else:  # a deep ADTN draws its layers side by side
-        structure.draw(args.output)
+    """Draw a graph JSON to an image file (a deep ADTN draws its layers side by side)."""
+    structure = _structure(args.file, "a graph JSON (TensorGraph.to_json or DeepTN.to_json)")
+    options = {} if args.layout is None else {"layout": args.layout}  # each kind has its own default
+    structure.draw(args.output, **options)
     print(f"wrote {args.output}")
     return 0
 
 
+def _structure(file: str, expected: str) -> TensorGraph | DeepTN:
+    """The structure in a JSON file; a file that is not JSON text names what was expected instead."""
+    path = Path(file)
+    if path.is_file():
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.start < len(head) - 4:  # not just a character cut at the end of the sample
+                raise AdtnError(f"{file!r} is a binary file, not JSON text; expected {expected}") from None
+    return load_structure(file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adtn", description="Compress neural networks with tensor networks.")
+    parser.add_argument("--version", action="version", version=f"adtn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train, compress and fine-tune LeNet-5 and FC-2 on MNIST 5k (or --graph-only)",
                        description="Train LeNet-5 and FC-2 on MNIST 5k, compress them (ADTN on the linear layers, "
@@ -259,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("draw", help="draw a graph JSON to PNG/SVG/PDF")
     p.add_argument("file", help="a graph JSON file")
     p.add_argument("-o", "--output", default="graph.png", help="image path (default: graph.png)")
-    p.add_argument("--layout", default="kamada_kawai", choices=["kamada_kawai", "spring", "circular", "line"])
+    p.add_argument("--layout", default=None, choices=["kamada_kawai", "spring", "circular", "line"],
+                   help="node placement (default: kamada_kawai for a graph, spring for a deep ADTN's layers)")
     p.set_defaults(func=draw)
     return parser
 

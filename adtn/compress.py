@@ -7,9 +7,9 @@
 Policies (per ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` layer not skipped):
 
 - a template name: that template everywhere;
-- ``"hybrid"``: HT for linear layers, TT for conv layers (Wu et al. 2020, METHODS.md section 3);
+- ``"hybrid"``: HT for linear layers, TT for conv layers (Wu et al. 2020, arXiv 2006.15938);
 - ``"mixed"``: Tucker-2 or CP at the same budget, whichever gives the lower output error on
-  the calibration batch (the lower weight error without one; MTD, METHODS.md section 4);
+  the calibration batch (the lower weight error without one; MTD, Liang and Lee, IPDPSW 2021);
 - ``"auto"``: every template that fits the layer (``candidates=``; default all registered but
   ``adtn`` and ``semi_*``, and always ``cp``, which on a weight matrix is exactly the truncated
   SVD), each at the layer's share of the budget; the lowest error is kept;
@@ -24,15 +24,19 @@ gets the same fraction of its own weight (a layer whose smallest size is above t
 takes its smallest size, and the others share what is left); each layer takes the largest
 size (uniform rank, or depth) within its share, then the layers furthest below their share
 grow one size step at a time while the total stays within budget (one last step may overshoot
-by up to 10%). ``mixed`` / ``auto`` compare their candidates at the share, then once more at
+by up to 10%; no layer grows past ``1 - min_gain`` of its weight). A layer whose network still
+saves less than ``min_gain`` (10%) of its weight stays dense, listed in ``report.skipped``,
+and the others share the budget again. ``mixed`` / ``auto`` compare their candidates at the share, then once more at
 the parameters the allocation gave the layer. The achieved total is within 10% of ``budget``
 times the dense parameters: a ``RankError`` names the layers that cannot get that small, and a
 warning says when the sizes' steps are too coarse to land within 10%. That is
-``allocation="uniform"``, the default without calibration. With calibration the default is
-``allocation="global"``: every layer starts at its smallest size and the greedy knapsack of
-``adtn.calibration.allocation`` grows, one size step at a time, the layer whose whitened
-spectrum says its output error falls most per added parameter, while the total stays within
-the budget; the report's footer lists each layer's share.
+``allocation="uniform"``, the default. With calibration, ``allocation="global"`` starts every
+layer at its smallest size and the greedy knapsack of ``adtn.calibration.allocation`` grows,
+one size step at a time, the layer whose whitened spectrum says its output error falls most
+per added parameter, while the total stays within the budget (one last step may pass it by
+up to 10% when that lands closer); the report's footer lists each layer's share. It is not
+the default: the whitened SVD spectrum is a proxy for the other formats, and on the trained
+LeNet-5 / CNN of ``benchmarks/calibration.py`` it helped some policies and hurt others.
 
 Calibration (``adtn.calibration``): one pass of the data through the model collects each
 layer's input covariance with forward hooks; every layer's initialiser then minimises its
@@ -53,7 +57,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import _knob_for_budget, _template_params, encode, is_lazy, resolve
+from .api import OversizeWarning, _knob_for_budget, _template_params, encode, is_lazy, resolve
 from .calibration.allocation import ALLOCATIONS, Proxy, grow
 from .calibration.collect import Collected, call, collect, reiterable
 from .errors import AdtnError, RankError, TemplateError
@@ -68,6 +72,7 @@ SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 LAYER_KEYS = ("init", "forward", "fit_options", "shape")  # encode options that are not the template's
 SIZE_KEYS = ("rank", "depth", "budget", "tol")
 TOLERANCE = 0.1
+MIN_GAIN = 0.1  # a layer whose network saves less than this share of its parameters stays dense
 
 
 def default_candidates(kind: str) -> list[str]:
@@ -167,6 +172,7 @@ class _Job:
     built: dict[tuple[str, int], nn.Module] = field(default_factory=dict)
     note: str = ""
     calib: Any = None  # the covariance of the layer's calibration inputs (adtn.calibration.Covariance)
+    cap: float = 1.0  # the filling grows a layer up to this fraction of its weight (1 - min_gain)
 
     @property
     def dense(self) -> int:
@@ -229,6 +235,8 @@ def _jobs(model: nn.Module, policy: Any, skip: Sequence[Any], options: dict[str,
 
     jobs, skipped = [], []
     for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention) and not _skipped(name, module, skip):
+            skipped += _attention_weights(name, module)
         if not isinstance(module, SUPPORTED) or isinstance(module, TNLayer):
             continue
         where = f"compress: layer {name or '.'!r} ({type(module).__name__})"
@@ -259,6 +267,21 @@ def _jobs(model: nn.Module, policy: Any, skip: Sequence[Any], options: dict[str,
         opts.setdefault("init", "auto")
         jobs.append(_Job(name, module, cands, opts, fixed))
     return jobs, skipped
+
+
+def _attention_weights(name: str, module: nn.MultiheadAttention) -> list[tuple[str, str]]:
+    """The skipped entries of an attention layer's q/k/v weights: parameters, not nn.Linear layers."""
+    fused = [p for p in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+             if getattr(module, p, None) is not None]
+    why = "a q/k/v projection parameter of nn.MultiheadAttention, not an nn.Linear layer (only its out_proj is one)"
+    return [(f"{name}.{p}" if name else p, why) for p in fused]
+
+
+def _encode(module: nn.Module, template: str, **opts: Any) -> nn.Module:
+    """``encode`` without its oversize warning: compress keeps such layers dense and reports them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OversizeWarning)
+        return encode(module, template, **opts)
 
 
 def _opts_for(template: str, opts: Mapping[str, Any], several: bool) -> dict[str, Any]:
@@ -301,7 +324,7 @@ def _build(job: _Job, template: str, value: int | None) -> nn.Module:
             if "clip" in _template_params(get(template)):
                 opts.setdefault("clip", True)
         try:
-            job.built[key] = encode(job.module, template, **opts)
+            job.built[key] = _encode(job.module, template, **opts)
         except AdtnError as err:
             raise type(err)(f"{where}: {err}") from None
     return job.built[key]
@@ -325,7 +348,7 @@ def _searched(job: _Job, template: str, value: int | None, opts: dict[str, Any])
     if job.calib is not None:
         opts["calibration"] = job.calib
     try:
-        return encode(job.module, template, **opts)
+        return _encode(job.module, template, **opts)
     except AdtnError:
         return None
 
@@ -401,7 +424,7 @@ def _allocate(jobs: list[_Job], target: float, proxies: list | None = None) -> s
     floor = {id(j): j.ladder.count(j.ladder.step) for j in jobs}
     share, tight = _shares(jobs, target, floor)
     for j in jobs:
-        v = None if id(j) in tight or proxies is not None else j.ladder.within(share * j.dense)
+        v = None if id(j) in tight or proxies is not None else j.ladder.within(min(share, j.cap) * j.dense)
         j.value = j.ladder.step if v is None else v
     total = sum(j.params for j in jobs)
     if total > target * (1 + TOLERANCE):
@@ -426,7 +449,7 @@ def _fill(jobs: list[_Job], target: float) -> None:
         steps = []
         for j in jobs:
             v = nxt[id(j)]
-            if v is not None:
+            if v is not None and j.ladder.count(v) <= j.cap * j.dense:
                 new = total - j.params + j.ladder.count(v)
                 if new <= high:
                     steps.append((new, j.params / j.dense, j, v))
@@ -450,7 +473,8 @@ def _budgeted(jobs: list[_Job], target: float, allocation: str = "uniform") -> N
     calibration covariance) instead of giving each the same fraction.
     """
     for j in jobs:
-        _prepare(j)
+        if not j.ladders:
+            _prepare(j)
     floor = {id(j): min(lad.count(lad.step) for lad in j.ladders.values()) for j in jobs}
     share, _ = _shares(jobs, target, floor)
     for j in jobs:
@@ -507,6 +531,7 @@ def compress(
     allocation: str | None = None,
     inplace: bool = False,
     candidates: Sequence[str] | None = None,
+    min_gain: float = MIN_GAIN,
     **template_options: Any,
 ) -> tuple[nn.Module, Report]:
     """Replace a model's Linear / Conv1d / Conv2d layers by TN layers initialised from their weights.
@@ -531,11 +556,13 @@ def compress(
             already compressed (layer by layer in forward order, one pass each, as SVD-LLM and
             GPTQ do), so a layer corrects the error upstream; sizes and templates are chosen on
             the first pass.
-        allocation: ``"global"`` (the default with calibration): layers get different fractions,
-            by a greedy knapsack on their whitened spectra (``adtn.calibration.allocation``);
-            ``"uniform"`` (the default without): every layer the same fraction (the module doc).
+        allocation: ``"uniform"`` (default): every layer the same fraction (the module doc);
+            ``"global"`` (needs calibration): layers get different fractions, by a greedy
+            knapsack on their whitened spectra (``adtn.calibration.allocation``).
         inplace: change ``model`` itself; False (default) leaves it untouched and works on a copy.
         candidates: the templates ``auto`` tries (default ``default_candidates(kind)``).
+        min_gain: a layer whose network would save less than this share of its weight's
+            parameters (default 0.1) stays dense; the report lists it under ``skipped``.
         **template_options: given to every ``adtn.encode`` call (``init=``, ``forward=``,
             ``modes=``, ``d=``, ``rank=``, ...); ``init`` defaults to ``"auto"``.
 
@@ -546,6 +573,9 @@ def compress(
         raise AdtnError(f"compress: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(policy, str) and policy not in POLICIES and policy not in names():
         raise TemplateError(f"compress: unknown policy {policy!r}; valid: {_policy_names()}")
+    if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)) or not 0 <= min_gain < 1:
+        raise AdtnError(f"compress: min_gain is the share of a layer's parameters its network must save, in "
+                        f"[0, 1), got {min_gain!r}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
                                or not 0 < budget <= 1):
         raise RankError(f"compress: budget is the fraction of the compressed layers' parameters, in (0, 1], "
@@ -553,8 +583,7 @@ def compress(
     sizes = [k for k in SIZE_KEYS if template_options.get(k) is not None]
     if budget is not None and sizes:
         raise RankError(f"compress: give budget= or a size for every layer ({', '.join(sizes)}=), not both")
-    if allocation is None:
-        allocation = "global" if calibration is not None else "uniform"
+    allocation = "uniform" if allocation is None else allocation
     if allocation not in ALLOCATIONS:
         raise AdtnError(f"compress: allocation must be one of {list(ALLOCATIONS)}, got {allocation!r}")
     if allocation == "global" and calibration is None:
@@ -581,27 +610,33 @@ def compress(
                         f"{type(model).__name__}(...) after skip={skip!r}{left}")
     found = collect(work, {j.name: j.module for j in jobs}, calibration) if calibration is not None else Collected()
     for j in jobs:
-        j.calib = found.covariances.get(j.name)
+        j.calib, j.cap = found.covariances.get(j.name), 1 - min_gain
     if allocation == "global" and any(j.calib is None for j in jobs if not j.fixed):
         missed = [j.name for j in jobs if j.calib is None and not j.fixed]
         warnings.warn(f"compress: layers {missed} never ran on the calibration data: allocation='uniform'",
                       stacklevel=2)
         allocation = "uniform"
+    jobs = _sizable(jobs, skipped)
+    if not jobs:
+        raise AdtnError(f"compress: no layer of {type(model).__name__}(...) can take the policy's networks; "
+                        f"left dense: {skipped}")
     aliases: dict[int, list[str]] = {}
     for name, module in work.named_modules(remove_duplicate=False):
         aliases.setdefault(id(module), []).append(name)
 
-    flexible = [j for j in jobs if not j.fixed]
-    for j in jobs:
-        if j.fixed:
-            _choose(j, None)
-    fixed_params = sum(_build(j, j.chosen, None).num_tn_params for j in jobs if j.fixed)
-    if flexible:
-        target = budget * sum(j.dense for j in jobs) - fixed_params
-        if target <= 0:
-            raise RankError(f"compress: the layers with sizes given already take {fixed_params:,} parameters, more "
-                            f"than the budget {budget} allows ({budget * sum(j.dense for j in jobs):,.0f})")
-        _budgeted(flexible, target, allocation)
+    while jobs:  # layers whose network gains too little stay dense; the others share the budget again
+        flexible = _size(jobs, budget, allocation)
+        small = [j for j in jobs if _build(j, j.chosen, None if j.fixed else j.value).num_tn_params
+                 > (1 - min_gain) * j.dense]
+        if not small:
+            break
+        for j in small:
+            n = _build(j, j.chosen, None if j.fixed else j.value).num_tn_params
+            gain = "more than the dense weight" if n > j.dense else f"a gain under {min_gain:.0%}"
+            why = (f"its {j.chosen!r} network would take {n:,} of the weight's {j.dense:,} parameters "
+                   f"({n / j.dense:.0%}), {gain}")
+            skipped.append((j.name or ".", why))
+        jobs = [j for j in jobs if all(j is not k for k in small)]
 
     report = Report(policy=_policy_text(policy), budget=budget,
                     model_params_before=sum(p.numel() for p in model.parameters()),
@@ -630,10 +665,43 @@ def compress(
     report.model_params_after = sum(p.numel() for p in work.parameters())
     if calibration is not None:
         report.model_error = _model_error(work, found.first, found.output)
-    if budget is not None and flexible and abs(report.fraction - budget) > TOLERANCE * budget:
+    if budget is not None and jobs and flexible and abs(report.fraction - budget) > TOLERANCE * budget:
         warnings.warn(f"compress: achieved {report.fraction:.4f} of the parameters, more than 10% from budget="
                       f"{budget} (the layers' sizes ran out); see the report", stacklevel=2)
     return work, report
+
+
+def _sizable(jobs: list[_Job], skipped: list[tuple[str, str]]) -> list[_Job]:
+    """The jobs whose candidates can be sized; a layer no candidate fits (a 1-channel conv under a
+    semi-tensor format) stays dense and is listed in ``skipped`` with the reason, as a user of a
+    whole-model policy expects, instead of failing the whole model."""
+    kept = []
+    for j in jobs:
+        if not j.fixed:
+            try:
+                _prepare(j)
+            except AdtnError as err:
+                skipped.append((j.name or ".", f"no network of the policy fits it: {err}"))
+                continue
+        kept.append(j)
+    return kept
+
+
+def _size(jobs: list[_Job], budget: float | None, allocation: str) -> list[_Job]:
+    """Choose and size every job: given sizes first, then the budget's rest shared by the others
+    (returned)."""
+    flexible = [j for j in jobs if not j.fixed]
+    for j in jobs:
+        if j.fixed and not j.chosen:
+            _choose(j, None)
+    fixed_params = sum(_build(j, j.chosen, None).num_tn_params for j in jobs if j.fixed)
+    if flexible:
+        target = budget * sum(j.dense for j in jobs) - fixed_params
+        if target <= 0:
+            raise RankError(f"compress: the layers with sizes given already take {fixed_params:,} parameters, more "
+                            f"than the budget {budget} allows ({budget * sum(j.dense for j in jobs):,.0f})")
+        _budgeted(flexible, target, allocation)
+    return flexible
 
 
 def _policy_text(policy: Any) -> str:

@@ -2,7 +2,7 @@
 
 A weight of ``prod(axes)`` entries is padded with zeros to 2^Q entries (Q legs of size 2,
 leg 0 most significant, i.e. the row-major flattening of the weight), decoded from the
-product state v^{⊗Q} with v = [1, 0], and cropped back (METHODS.md section 1):
+product state v^{⊗Q} with v = [1, 0], and cropped back (Qing et al., arXiv 2305.06058):
 
     T = L^(M) σ( ... σ(L^(2) σ(L^(1) v^{⊗Q})) ),   W = scale · T[:prod(axes)].reshape(axes)
 
@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from .errors import GraphError, SchemaError, ShapeError, TemplateError
 from .graph import TensorGraph, read_json
+from .graph_json import DEEP_KEYS, check_keys, in_source
 
 __all__ = [
     "ACTIVATIONS",
@@ -344,6 +345,7 @@ class DeepTN:
         if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
             got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
             raise SchemaError(f"DeepTN data must have schema {SCHEMA!r}, got {got!r}")
+        check_keys("DeepTN JSON", data, DEEP_KEYS)
         return cls(
             [TensorGraph.from_dict(op) for op in data["operators"]],
             data["axes"],
@@ -358,13 +360,17 @@ class DeepTN:
     @classmethod
     def from_json(cls, source: str | Path) -> DeepTN:
         """Read a DeepTN from a JSON string or a path to a JSON file."""
-        return cls.from_dict(read_json(source, "DeepTN"))
+        data = read_json(source, "DeepTN")
+        with in_source(source):
+            return cls.from_dict(data)
 
     save = to_json
     load = from_json
 
-    def draw(self, path: str | Path | None = None, layers: Sequence[int] | None = None) -> Any:
-        """Draw the operators (default: all) side by side with ``adtn.draw``; returns the figure."""
+    def draw(
+        self, path: str | Path | None = None, layers: Sequence[int] | None = None, layout: str = "spring"
+    ) -> Any:
+        """Draw the operators (default: all) side by side with ``adtn.draw`` in ``layout``; returns the figure."""
         import matplotlib
 
         from .draw import draw
@@ -376,7 +382,7 @@ class DeepTN:
         picked = list(range(self.depth)) if layers is None else list(layers)
         fig, axs = plt.subplots(1, len(picked), figsize=(7 * len(picked), 6), squeeze=False)
         for ax, m in zip(axs[0], picked):
-            draw(self.operators[m], ax=ax, layout="spring", title=f"{self.name} layer {m}")
+            draw(self.operators[m], ax=ax, layout=layout, title=f"{self.name} layer {m}")
         if path is not None:
             fig.savefig(path, dpi=120, bbox_inches="tight")
             plt.close(fig)

@@ -43,8 +43,9 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .deep import PREV, DeepTN, fused_schedule, trace_gates, windows
 from .errors import AdtnError, ShapeError
 from .initializers import fixed_tensor, identity_like
-from .module import _Buffers, check_fed_input, feed_axes
+from .module import PLANS, _Buffers, check_fed_input, feed_axes
 from .plan import WORKSPACE, Cost, Plan, execute, plain_ops, plan
+from .tracing import LRUCache, trace_constant, traced_batch
 
 __all__ = ["DeepTNModule", "GateInit"]
 
@@ -99,7 +100,10 @@ class DeepTNModule(nn.Module):
         self.fixed = _Buffers(fixed)
         self._roles = [[(n, op.node(n)["role"]) for n in op.nodes] for op in deep.operators]
         self._scaled = deep.operators[-1].nodes_with_role("param")[0]  # the gate that carries the scale
-        self._plans: dict[tuple, Plan] = {}
+        self._plans: LRUCache = LRUCache(PLANS)
+        # plain data for forward, so that torch.compile traces no graph lookup
+        self._q, self._size, self._shape = deep.q, deep.size, tuple(deep.axes.values())
+        self._legs = {ax: deep.operators[0].axis_shape(ax) for ax in deep.operators[0].outputs}
         self.executor, self._windows, self._vectors = _fused_schedule(deep, executor, window)
         self.gain = nn.Parameter(torch.ones((), dtype=dtype, device=device)) if deep.learn_scale else None
         self.register_buffer("scale", torch.ones((), dtype=dtype, device=device))
@@ -131,11 +135,7 @@ class DeepTNModule(nn.Module):
     # ------------------------------------------------------------------ planning
     def plan(self, layer: int, feed: Sequence[str] = (), batch: int | None = None) -> Plan:
         """The (cached) plan of operator ``layer`` with inputs on ``feed`` axes."""
-        key = (layer, tuple(feed), batch)
-        hit = self._plans.get(key)
-        if hit is None:
-            hit = self._plans[key] = plan(self.deep.operators[layer], feed, batch, self.optimize, self.memory_limit)
-        return hit
+        return _operator_plan(self, layer, tuple(feed), traced_batch(batch))
 
     def cost(self, batch: int | None = None, axis: str | Sequence[str] | None = None) -> Cost:
         """FLOPs, largest intermediate and parameters of ``dense()`` or of ``apply`` on ``axis``."""
@@ -206,7 +206,7 @@ class DeepTNModule(nn.Module):
         """Operator ``layer`` through the planner: the flat state in, the flat new state out."""
         if not layer:
             return execute(self.plan(0).steps, self._operands(0, scale)).reshape(-1)
-        state = state.reshape((1,) + (2,) * self.deep.q)
+        state = state.reshape((1,) + (2,) * self._q)
         return execute(self.plan(layer, (PREV,), 1).steps, self._operands(layer, scale) + [state]).reshape(-1)
 
     def _fused(self, layer: int, state: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
@@ -214,7 +214,7 @@ class DeepTNModule(nn.Module):
         tensors = {name: self.gates[name] for name, role in self._roles[layer] if role == "param"}
         if scale is not None:
             tensors[self._scaled] = tensors[self._scaled] * scale
-        psi, e = (state, self.deep.q) if layer else (self.scale.new_ones(1), 0)
+        psi, e = (state, self._q) if layer else (self.scale.new_ones(1), 0)
         for lo, hi, gates in self._windows[layer]:
             m = _window_matrix([(tensors[name], a - lo) for name, a in gates], hi - lo)
             if lo > e:  # legs e..lo-1 stay boundary vectors under this window: store them first
@@ -301,8 +301,7 @@ class DeepTNModule(nn.Module):
         computes ``z @ w.T`` (default ``F.linear``).
         """
         mid, outs, ins, q_out = self._split()
-        d = self.deep
-        q, depth = d.q, d.depth
+        q, depth = self._q, self.deep.depth
         run = self._fused
         ckpt = self.checkpoint and torch.is_grad_enabled()
         state = run(0, None, None)
@@ -330,14 +329,13 @@ class DeepTNModule(nn.Module):
     def dense(self) -> torch.Tensor:
         """The weight, shaped like the axes: the first prod(axes) decoded entries, times the scale."""
         flat = self._decode(self.effective_scale())
-        if flat.numel() != self.deep.size:
-            flat = flat[: self.deep.size]
-        return flat.reshape(tuple(self.deep.axes.values()))
+        if flat.numel() != self._size:
+            flat = flat[: self._size]
+        return flat.reshape(self._shape)
 
     def _streams(self, feed: Sequence[str]) -> bool:
         """True when ``apply`` can stream the input through the gates (depth 1, axes split into legs)."""
-        outputs = self.deep.operators[0].outputs
-        return self.deep.depth == 1 and self.deep.exact and all(ax in outputs for ax in feed)
+        return self.deep.depth == 1 and self.deep.exact and all(ax in self._legs for ax in feed)
 
     def apply(self, x: torch.Tensor, axis: str | Sequence[str] = "in") -> torch.Tensor:
         """Contract ``x`` (..., size of ``axis``) with the weight: (..., remaining axes).
@@ -351,9 +349,8 @@ class DeepTNModule(nn.Module):
         lead = tuple(x.shape[: x.dim() - len(feed)])
         rest = tuple(n for ax, n in sizes.items() if ax not in feed)
         if self._streams(feed):
-            op = self.deep.operators[0]
             batch = math.prod(lead)
-            legs = tuple(s for ax in feed for s in op.axis_shape(ax))
+            legs = tuple(s for ax in feed for s in self._legs[ax])
             p = self.plan(0, feed, batch)
             out = execute(p.steps, self._operands(0, self.effective_scale()) + [x.reshape((batch,) + legs)])
             return out.reshape(lead + rest)
@@ -365,6 +362,15 @@ class DeepTNModule(nn.Module):
         """``module()`` -> ``dense()``; ``module(x, axis="in")`` -> ``apply``."""
         return self.dense() if x is None else self.apply(x, axis)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Modules pickled before the bounded plan cache and the plain forward data get them here."""
+        super().__setstate__(state)
+        if not isinstance(self._plans, LRUCache):
+            self._plans = LRUCache(PLANS)
+        if "_legs" not in self.__dict__:
+            self._q, self._size, self._shape = self.deep.q, self.deep.size, tuple(self.deep.axes.values())
+            self._legs = {ax: self.deep.operators[0].axis_shape(ax) for ax in self.deep.operators[0].outputs}
+
     def extra_repr(self) -> str:
         d = self.deep
         axes = ", ".join(f"{ax}={n}" for ax, n in d.axes.items())
@@ -372,6 +378,17 @@ class DeepTNModule(nn.Module):
         scale = "learnt gain" if d.learn_scale else "fixed"
         return (f"axes=({axes}), q={d.q}, depth={d.depth}, activation={act}, params={d.num_params:,}, "
                 f"scale={scale}{', checkpoint=True' if self.checkpoint else ''}")
+
+
+@trace_constant
+def _operator_plan(module: DeepTNModule, layer: int, feed: tuple[str, ...], batch: int | None) -> Plan:
+    """``DeepTNModule.plan``, in plain Python even while torch.compile traces (see ``trace_constant``)."""
+    key = (layer, feed, batch)
+    hit = module._plans.get(key)
+    if hit is None:
+        d = module.deep
+        hit = module._plans[key] = plan(d.operators[layer], feed, batch, module.optimize, module.memory_limit)
+    return hit
 
 
 def _initial_gates(

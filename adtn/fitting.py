@@ -50,7 +50,7 @@ def fit(
     lr: float = 1e-2,
     target: float = 1e-4,
     lbfgs_steps: int = 0,
-    progress: bool = False,
+    progress: bool | None = False,
     log_every: int = 50,
     patience: int | None = 200,
     min_improvement: float = 1e-3,
@@ -65,7 +65,8 @@ def fit(
         lr: Adam learning rate (decayed by cosine annealing).
         target: stop once the relative Frobenius error is at most this.
         lbfgs_steps: L-BFGS iterations after Adam (0 to skip), useful to polish a fit.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar: True, False, or None for a bar only when stderr is a
+            terminal (tqdm's ``disable=None``; nothing when tqdm is not installed).
         log_every: record the error in ``history`` every this many steps.
         patience: stop Adam when the best error of the last ``patience`` steps is less than
             ``min_improvement`` (relative) below the best before them; None never stops early.
@@ -102,10 +103,15 @@ def fit(
     history: list[float] = []
     err = float("inf")
     bar: Any = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="fit", leave=False)
+    if progress is not False:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            if progress:
+                raise AdtnError("fit: progress=True needs tqdm (pip install tqdm); pass progress=None or False") \
+                    from None
+        else:
+            bar = tqdm(total=steps, desc="fit", leave=False, disable=None if progress is None else False)
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     step, stop = 0, "steps"

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import networkx as nx
 
 from .errors import FrozenGraphError, GraphError, SchemaError, ShapeError
+from .graph_json import check_graph_dict, in_source, source_label
 
 __all__ = ["ROLES", "SCHEMA", "SYMBOLIC_VALUES", "Bond", "Leg", "TensorGraph", "read_json"]
 
@@ -359,6 +360,7 @@ class TensorGraph:
         if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
             got = data.get("schema") if isinstance(data, Mapping) else type(data).__name__
             raise SchemaError(f"graph data must have schema {SCHEMA!r}, got {got!r}")
+        check_graph_dict(data)
         nxg = nx.node_link_graph(data["graph"], edges="edges", multigraph=True)
         g = cls(name or data.get("name", "tn"))
         for node, attrs in nxg.nodes(data=True):
@@ -375,7 +377,9 @@ class TensorGraph:
     @classmethod
     def from_json(cls, source: str | Path, freeze: bool = True) -> TensorGraph:
         """Read a graph from a JSON string or a path to a JSON file."""
-        return cls.from_dict(read_json(source, "graph"), freeze=freeze)
+        data = read_json(source, "graph")
+        with in_source(source):
+            return cls.from_dict(data, freeze=freeze)
 
     save = to_json
     load = from_json
@@ -424,11 +428,17 @@ def read_json(source: str | Path, what: str = "structure") -> Any:
         path = Path(source)
         if not path.exists():
             raise SchemaError(f"{what} JSON: no such file {str(path)!r}")
-        text = path.read_text()
+        if not path.is_file():
+            raise SchemaError(f"{what} JSON: {str(path)!r} is not a file")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise SchemaError(f"{what} JSON: file {str(path)!r} is binary, not text; expected a JSON file "
+                              f"written by to_json (a model file goes to adtn.load)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise SchemaError(f"{what} JSON could not be parsed: {err}") from None
+        raise SchemaError(f"{what} JSON could not be parsed ({source_label(source)}): {err}") from None
 
 
 def _flatten(value: Any) -> Iterable[float]:

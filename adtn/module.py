@@ -1,9 +1,12 @@
 """TNModule: a frozen TensorGraph compiled into a differentiable torch module.
 
 Parameters live in an ``nn.ParameterDict`` keyed by node name, fixed nodes are buffers.
-Plans are made once per input shape (see ``adtn.plan``) and reused; ``dense()`` contracts
-the whole network, ``apply(x, axis)`` contracts a batch through it as one more node, so the
-planner may never form the dense tensor.
+Plans are made once per input shape (see ``adtn.plan``) and reused, the most recent
+``PLANS`` of them kept; ``dense()`` contracts the whole network, ``apply(x, axis)`` contracts a
+batch through it as one more node, so the planner may never form the dense tensor. Forward
+reads only plain data kept at construction (axis sizes, leg sizes) and plans, so that
+``torch.compile(fullgraph=True)`` traces it: under compile a plan is made outside the graph
+(``trace_constant``) for a nominal batch size (``traced_batch``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from .errors import AdtnError, GraphError, ShapeError
 from .graph import TensorGraph
 from .initializers import InitSpec, fixed_tensor, initial_tensors
 from .plan import Cost, Plan, execute, plan
+from .tracing import LRUCache, compiling, trace_constant, traced_batch
 
-__all__ = ["TNModule", "check_fed_input", "compile", "feed_axes"]
+__all__ = ["PLANS", "TNModule", "check_fed_input", "compile", "feed_axes"]
+
+PLANS = 16  # plans kept per module (one per feed and batch size)
 
 
 class _Buffers(nn.Module):
@@ -72,17 +78,16 @@ class TNModule(nn.Module):
         self._roles = [(n, "delta" if n in deltas else graph.node(n)["role"]) for n in graph.nodes]
         self._inputs = graph.nodes_with_role("input")
         self._dense_shape = tuple(graph.axis_sizes.values())
-        self._plans: dict[tuple, Plan] = {}
+        self._axis_sizes = dict(graph.axis_sizes)  # plain data for forward: no graph lookups while tracing
+        self._axis_legs = {ax: graph.axis_shape(ax) for ax in graph.outputs}
+        self._input_shapes = {n: graph.shape(n) for n in self._inputs}
+        self._plans: LRUCache = LRUCache(PLANS)
         self._dense_cache: tuple[tuple, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ planning
     def plan(self, feed: Sequence[str] = (), batch: int | None = None) -> Plan:
         """The (cached) contraction plan for inputs on ``feed`` axes with this batch size."""
-        key = (tuple(feed), batch)
-        hit = self._plans.get(key)
-        if hit is None:
-            hit = self._plans[key] = plan(self.graph, feed, batch, self.optimize, self.memory_limit)
-        return hit
+        return _module_plan(self, tuple(feed), traced_batch(batch))
 
     def cost(self, batch: int | None = None, axis: str | Sequence[str] | None = None) -> Cost:
         """FLOPs, largest intermediate and parameters of ``dense()`` or of ``apply`` on ``axis``."""
@@ -144,10 +149,10 @@ class TNModule(nn.Module):
                 f"graph {self.graph.name!r} has input nodes {self._inputs}: call the module with them, "
                 "e.g. module(**{name: tensor})"
             )
-        cacheable = not self.training and not torch.is_grad_enabled() and not _compiling()
+        cacheable = not self.training and not torch.is_grad_enabled() and not compiling()
         if cacheable and self._dense_cache is not None and self._dense_cache[0] == self._version_key():
             return self._dense_cache[1]
-        p = self._plans.get(((), None)) or self.plan()
+        p = self.plan()
         out = execute(p.steps, self._operands({}))
         out = out.reshape(self._dense_shape)
         if cacheable:
@@ -163,11 +168,11 @@ class TNModule(nn.Module):
         if self._inputs:
             raise GraphError(f"apply: graph {self.graph.name!r} has input nodes {self._inputs}; call module(**inputs)")
         feed = feed_axes(axis)
-        sizes = self.graph.axis_sizes
+        sizes = self._axis_sizes
         check_fed_input(x, feed, sizes, self.dtype, f"graph {self.graph.name!r}")
         lead = x.shape[: x.dim() - len(feed)]
         batch = math.prod(lead)
-        legs = tuple(s for ax in feed for s in self.graph.axis_shape(ax))
+        legs = tuple(s for ax in feed for s in self._axis_legs[ax])
         p = self.plan(feed, batch)
         ops = self._operands({}) + [x.reshape((batch,) + legs)]
         out = execute(p.steps, ops)
@@ -197,7 +202,7 @@ class TNModule(nn.Module):
         for name in self._inputs:
             t = inputs[name]
             self._check_dtype(t, f"input {name!r}")
-            shape = self.graph.shape(name)
+            shape = self._input_shapes[name]
             if t.dim() < len(shape) or tuple(t.shape[t.dim() - len(shape):]) != shape:
                 raise ShapeError(
                     f"input node {name!r}: tensor of shape {tuple(t.shape)} must end with its legs "
@@ -211,7 +216,7 @@ class TNModule(nn.Module):
         batch = math.prod(lead)
         p = self.plan((), batch)
         out = execute(p.steps, self._operands(flat))
-        return out.reshape(lead + tuple(self.graph.axis_sizes.values()))
+        return out.reshape(lead + self._dense_shape)
 
     def _check_dtype(self, t: torch.Tensor, where: str) -> None:
         if t.dtype != self.dtype:
@@ -221,9 +226,19 @@ class TNModule(nn.Module):
         """Pickle without caches: plans are rebuilt on demand, a cached weight is stale data."""
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
-        state["_plans"] = {}
+        state["_plans"] = LRUCache(PLANS)
         state["_dense_cache"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Objects pickled before the plain forward data and bounded caches existed get them here."""
+        super().__setstate__(state)
+        if not isinstance(self._plans, LRUCache):
+            self._plans = LRUCache(PLANS)
+        if "_axis_legs" not in self.__dict__:
+            self._axis_sizes = dict(self.graph.axis_sizes)
+            self._axis_legs = {ax: self.graph.axis_shape(ax) for ax in self.graph.outputs}
+            self._input_shapes = {n: self.graph.shape(n) for n in self._inputs}
 
     def extra_repr(self) -> str:
         axes = ", ".join(f"{ax}={size}" for ax, size in self.graph.axis_sizes.items())
@@ -253,9 +268,14 @@ def check_fed_input(
         raise AdtnError(f"apply: dtype {x.dtype} does not match the module's {dtype}; cast one of them")
 
 
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler and compiler.is_compiling())
+@trace_constant
+def _module_plan(module: TNModule, feed: tuple[str, ...], batch: int | None) -> Plan:
+    """``TNModule.plan``, in plain Python even while torch.compile traces (see ``trace_constant``)."""
+    key = (feed, batch)
+    hit = module._plans.get(key)
+    if hit is None:
+        hit = module._plans[key] = plan(module.graph, feed, batch, module.optimize, module.memory_limit)
+    return hit
 
 
 def compile(graph: Any, init: InitSpec | torch.Tensor = "normal", **options: Any) -> nn.Module:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,15 +20,17 @@ import torch
 
 from .errors import AdtnError, GraphError
 from .graph import TensorGraph
+from .tracing import LRUCache
 
 __all__ = [
-    "WORKSPACE", "Cost", "Plan", "Signature", "Step", "Workspace", "choose_optimizer", "clear_cache", "execute", "plain_ops",
-    "plan", "signature",
+    "WORKSPACE", "Cost", "Plan", "Signature", "Step", "Workspace", "choose_optimizer", "clear_cache", "execute",
+    "plain_ops", "plan", "run_step", "signature",
 ]
 
 BATCH = "_batch"  # operand-name prefix of inputs fed to output axes
-_CACHE: OrderedDict[tuple, Plan] = OrderedDict()
-_CACHE_SIZE = 512
+
+
+_CACHE: LRUCache = LRUCache(512)
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,6 @@ def plan(
     key = (graph.structure_hash(), tuple(feed), batch if has_inputs else None, opt_key, memory_limit)
     hit = _CACHE.get(key) if isinstance(optimize, str) else None  # optimizer objects: never cached by id()
     if hit is not None:
-        _CACHE.move_to_end(key)
         return hit
     sig = signature(graph, feed, batch=batch if has_inputs else None)
     n = len(sig.operands)
@@ -227,8 +227,6 @@ def plan(
     result = Plan(sig, steps, cost, fed, out_axes)
     if isinstance(opt_key, str):
         _CACHE[key] = result
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
     return result
 
 
@@ -299,25 +297,31 @@ class Step:
         return cls(positions, oe.parser.convert_to_valid_einsum_chars(equation))
 
     def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
-        if any(t.dtype != operands[0].dtype for t in operands[1:]):  # autocast casts matmul results only
-            dtype = functools.reduce(torch.promote_types, (t.dtype for t in operands))
-            operands = tuple(t.to(dtype) for t in operands)
-        if not self.pairwise:
-            return torch.einsum(self.equation, *operands)
-        if operands[0].numel() + operands[1].numel() <= SMALL_STEP:  # layout is moot; tensordot is leaner
-            dims, perm = self.small
-            out = torch.tensordot(operands[0], operands[1], dims=dims)
-            return out if perm is None else out.permute(perm)
-        x, y = (operands[1], operands[0]) if self.swap else operands
-        if self.perm_x is not None:
-            x = x.permute(self.perm_x)
-        if self.perm_y is not None:
-            y = y.permute(self.perm_y)
-        free_x = x.shape[: self.n_free_x]
-        free_y = y.shape[self.n_shared:]
-        m, n, k = math.prod(free_x), math.prod(free_y), math.prod(x.shape[self.n_free_x:])
-        out = torch.matmul(x.reshape(m, k), y.reshape(k, n)).reshape(free_x + free_y)
-        return out if self.perm is None else out.permute(self.perm)
+        return run_step(self, operands)
+
+
+def run_step(step: Step, operands: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One step on its operands (``execute`` calls this function rather than the step: a plan
+    that torch.compile holds as a constant has attributes it reads, but no call it can guard)."""
+    if any(t.dtype != operands[0].dtype for t in operands[1:]):  # autocast casts matmul results only
+        dtype = functools.reduce(torch.promote_types, (t.dtype for t in operands))
+        operands = tuple(t.to(dtype) for t in operands)
+    if not step.pairwise:
+        return torch.einsum(step.equation, *operands)
+    if operands[0].numel() + operands[1].numel() <= SMALL_STEP:  # layout is moot; tensordot is leaner
+        dims, perm = step.small
+        out = torch.tensordot(operands[0], operands[1], dims=dims)
+        return out if perm is None else out.permute(perm)
+    x, y = (operands[1], operands[0]) if step.swap else operands
+    if step.perm_x is not None:
+        x = x.permute(step.perm_x)
+    if step.perm_y is not None:
+        y = y.permute(step.perm_y)
+    free_x = x.shape[: step.n_free_x]
+    free_y = y.shape[step.n_shared:]
+    m, n, k = math.prod(free_x), math.prod(free_y), math.prod(x.shape[step.n_free_x:])
+    out = torch.matmul(x.reshape(m, k), y.reshape(k, n)).reshape(free_x + free_y)
+    return out if step.perm is None else out.permute(step.perm)
 
 
 def execute(steps: Sequence[Step], operands: list[torch.Tensor]) -> torch.Tensor:
@@ -325,7 +329,7 @@ def execute(steps: Sequence[Step], operands: list[torch.Tensor]) -> torch.Tensor
     operands = list(operands)
     for step in steps:
         picked = [operands.pop(i) for i in step.positions]
-        operands.append(step(*picked))
+        operands.append(run_step(step, picked))
     return operands[0]
 
 

@@ -264,49 +264,24 @@ def _nominal_shape(m: nn.Module) -> tuple[int, ...]:
 
 
 def _dense_flops(m: nn.Module, shape: Sequence[int]) -> int:
-    """FLOPs of a dense Linear / Conv on an input of ``shape`` (whole batch)."""
-    if isinstance(m, nn.Linear) or getattr(m, "kind", None) == "linear":
-        o, i = (m.out_features, m.in_features)
-        return 2 * math.prod(shape[:-1]) * o * i
+    """FLOPs of a dense Linear / Conv on an input of ``shape`` (whole batch; a conv's unbatched)."""
+    if isinstance(m, nn.Linear):
+        return 2 * math.prod(shape[:-1]) * m.out_features * m.in_features
     nd = len(m.kernel_size)
-    pad = _conv_pad(m, nd) if isinstance(m, PLAIN) else None
-    if pad is None:  # a TN conv: its 2-D geometry
-        geo = m._geo
-        out = geo.out_size(*([1] * (2 - nd) + list(shape[2:])))
-    else:
-        out = [_out_size(n, k, s, p, d) for n, k, s, p, d in zip(shape[2:], m.kernel_size, m.stride, pad, m.dilation)]
-    fan_in = m.in_channels // getattr(m, "groups", 1) * math.prod(m.kernel_size)
-    return 2 * shape[0] * math.prod(out) * m.out_channels * fan_in
-
-
-def _fast_flops(m: nn.Module, form: str, n: int, h: int, w: int) -> int:
-    """FLOPs of a TN conv's fast form (``conv_forms.py``'s costs without the memory terms)."""
-    from .layers.conv_forms import _kron_order
-
-    geo = m._geo
-    ho, wo = geo.out_size(h, w)
-    p = m._params()
-    if form == "low_rank":  # V's kh x kw conv to r channels, then U's 1x1
-        r = m._low_rank()[1][2]
-        kh, kw = geo.kernel
-        return 2 * n * ho * wo * r * (m.in_channels // m.groups * kh * kw + m.out_channels)
-    if form == "tucker2":
-        r_out, r_in, kh, kw = m._tucker_core().shape
-        flops = 2 * n * ho * wo * r_out * r_in * kh * kw
-        flops += 2 * n * h * w * m.in_channels * r_in if "u_in" in p else 0
-        return flops + (2 * n * ho * wo * r_out * m.out_channels if "u_out" in p else 0)
-    if form == "cp":
-        kh, kw = geo.kernel
-        return 2 * n * p["u_in"].shape[1] * (h * w * m.in_channels + ho * wo * kh * kw + ho * wo * m.out_channels)
-    a, b = m._spatial(p["a"], 3), m._spatial(p["b"], 3)
-    return a.shape[0] * _kron_order(a.shape[1:], b.shape[1:], n, h, w, geo)[0]
+    n = shape[0] if len(shape) == nd + 2 else 1
+    pad = _conv_pad(m, nd)
+    out = [_out_size(k_in, k, s, p, d) for k_in, k, s, p, d in zip(shape[-nd:], m.kernel_size, m.stride, pad,
+                                                                      m.dilation)]
+    fan_in = m.in_channels // m.groups * math.prod(m.kernel_size)
+    return 2 * n * math.prod(out) * m.out_channels * fan_in
 
 
 def layer_flops(m: nn.Module, shape: Sequence[int] | None = None) -> tuple[int, str]:
     """(FLOPs per sample, forward mode) of a Linear / Conv or TN layer on an input of ``shape``.
 
     ``shape`` None: a linear layer per row, a conv per output position. A TN layer is costed in
-    the mode it picks in eval mode with its weight cached (see the module doc).
+    the mode it picks in eval mode with its weight cached (see the module doc); the layer
+    itself counts the FLOPs of that form (``TNLayer.flops``).
     """
     from .layers import TNLayer
 
@@ -316,27 +291,14 @@ def layer_flops(m: nn.Module, shape: Sequence[int] | None = None) -> tuple[int, 
         shape = _nominal_shape(m) if conv else (1, m.in_features)
         per = 64 if conv and len(m.kernel_size) == 2 else 8 if conv else 1
     shape = tuple(int(s) for s in shape)
-    n = shape[0] if conv else math.prod(shape[:-1])
-    samples = shape[0] * per if conv or len(shape) > 1 else per
+    batched = len(shape) == len(m.kernel_size) + 2 if conv else len(shape) > 1
+    samples = (shape[0] if batched else 1) * per
     if not isinstance(m, TNLayer):
         return _dense_flops(m, shape) // samples, "dense"
     with eval_mode(m), torch.no_grad():
         m.dense_weight()  # cache it, as inference does
-        choice = m.choose_forward(shape)
-    if choice.form == "dense":
-        flops = _dense_flops(m, shape)
-    elif choice.form == "stream":
-        flops = m.tn.cost(batch=n, axis="in").flops
-    elif choice.form == "unfold":
-        geo = m._geo
-        hw = ([1] if len(m.kernel_size) == 1 else []) + list(shape[2:])
-        rows = shape[0] * math.prod(geo.out_size(*hw))
-        flops = m.tn.cost(batch=rows, axis=("in",) + m.spatial).flops
-    else:
-        hw = ([1] if len(m.kernel_size) == 1 else []) + list(shape[2:])
-        flops = _fast_flops(m, choice.form, shape[0], *hw)
-    label = "dense" if choice.mode == "dense" else f"direct/{choice.form}"
-    return int(flops) // samples, label
+        flops, form = m.flops(shape)
+    return int(flops) // samples, "dense" if form == "dense" else f"direct/{form}"
 
 
 def _dense_twin(m: nn.Module) -> nn.Module:

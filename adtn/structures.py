@@ -9,6 +9,7 @@ from .deep import DeepTN
 from .errors import SchemaError
 from .graph import SCHEMA as GRAPH_SCHEMA
 from .graph import TensorGraph, read_json
+from .graph_json import in_source
 
 __all__ = ["load_structure"]
 
@@ -17,8 +18,9 @@ def load_structure(source: str | Path) -> TensorGraph | DeepTN:
     """Read a JSON string or file written by ``TensorGraph.to_json`` or ``DeepTN.to_json``."""
     data = read_json(source)
     schema = data.get("schema") if isinstance(data, dict) else None
-    if schema == GRAPH_SCHEMA:
-        return TensorGraph.from_dict(data)
-    if schema == DEEP_SCHEMA:
-        return DeepTN.from_dict(data)
-    raise SchemaError(f"structure JSON: schema must be {GRAPH_SCHEMA!r} or {DEEP_SCHEMA!r}, got {schema!r}")
+    with in_source(source):
+        if schema == GRAPH_SCHEMA:
+            return TensorGraph.from_dict(data)
+        if schema == DEEP_SCHEMA:
+            return DeepTN.from_dict(data)
+        raise SchemaError(f"structure JSON: schema must be {GRAPH_SCHEMA!r} or {DEEP_SCHEMA!r}, got {schema!r}")

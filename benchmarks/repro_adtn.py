@@ -1,4 +1,4 @@
-"""Reproduce the ADTN paper's numbers that fit a CPU (METHODS.md section 1, small experiment 1).
+"""Reproduce the ADTN paper's numbers that fit a CPU (Qing et al., arXiv 2305.06058).
 
 (a) The VGG-16 CIFAR-10 classifier configuration: the ``adtn`` template at depth 1 on the
     512 -> 4096 and 4096 -> 4096 layers, built (not trained) and counted: 200 + 224 = 424.
@@ -34,9 +34,9 @@ from adtn.data import load_mnist5k
 from adtn.models import fc2
 from adtn.templates import get
 
-HEADING = "## ADTN (METHODS.md section 1)"
+HEADING = "## ADTN (Qing et al., arXiv 2305.06058)"
 VGG_LAYERS = (("512 -> 4096", {"out": 4096, "in": 512}, 200), ("4096 -> 4096", {"out": 4096, "in": 4096}, 224))
-# (depth, activation, paper/METHODS accuracy, METHODS's naive gate-parameter count)
+# (depth, activation, reference accuracy and gate-parameter count of an earlier naive implementation)
 VARIANTS = ((1, "relu", 0.705, 272), (2, "relu", 0.866, 544), (3, "relu", 0.905, 816), (3, None, 0.872, 816))
 # recipes aimed at the goal, distilled from the dense model, each over GOAL_SEEDS: (depth, template options, lr)
 RECIPES = ((3, {}, 5e-3), (5, {"layout": "staircase"}, 1e-2))
@@ -75,7 +75,7 @@ def fc2_runs(dense_epochs: int, epochs: int, seeds: tuple[int, ...], lr: float) 
     dense_acc = adtn.finetune(dense, *loaders, epochs=dense_epochs, lr=2e-3, progress=False)[-1]["val_acc"]
     print(f"dense FC-2 ({dense_epochs} ep): {dense_acc:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     lines = [
-        "| fc1 | epochs | test acc (ours) | paper / METHODS | gap | fc1 gate params | fc1 compression | seconds |",
+        "| fc1 | epochs | test acc (ours) | reference | gap | fc1 gate params | fc1 compression | seconds |",
         "|---|---|---|---|---|---|---|---|",
         (f"| dense 784x256 | {dense_epochs} | {dense_acc:.3f} | {DENSE_PAPER:.3f} | {dense_acc - DENSE_PAPER:+.3f} "
         f"| {FC1:,} | 1x | |"),
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         *vgg,
         "",
         ("**(b) FC-2 on MNIST 5k, fc1 (784 -> 256, padded to 2^18) as ADTN, whole model fine-tuned.** "
-        "Reference accuracies are METHODS.md's naive-ADTN measurements (same data, 30 epochs); its parameter "
+        "Reference accuracies are those of an earlier, naive ADTN implementation (same data, 30 epochs); its parameter "
         "counts treat every gate as 16 numbers, ours store the 4 effective entries of boundary gates "
         "(bias, 256, excluded from both)."),
         "",

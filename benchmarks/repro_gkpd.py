@@ -1,4 +1,4 @@
-"""Reproduce METHODS.md's GKPD reconstruction comparison on a trained 64x64x3x3 kernel (section 5).
+"""Reproduce the GKPD reconstruction comparison (Hameed et al., AAAI 2022) on a trained 64x64x3x3 kernel.
 
 A small CNN (conv 1->64, conv 64->64, linear) is trained briefly on MNIST 5k; its second
 kernel (64, 64, 3, 3) is decomposed post hoc at 2x compression (half the 36,864 parameters):
@@ -17,7 +17,7 @@ initialised from the trained kernel): test accuracy as initialised and after one
     python benchmarks/repro_gkpd.py --synthetic    # a low-rank-plus-noise kernel instead
 
 The table (relative Frobenius error at equal or lower parameters) is printed and written as the
-section ``## GKPD`` of ``--out``, beside METHODS.md's numbers on a trained 64x32x3x3 kernel.
+section ``## GKPD`` of ``--out``, beside reference errors measured earlier on a trained 64x32x3x3 kernel.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from adtn.data import load_mnist5k
 from adtn.decompose.kronecker import kron_to_tensor, kronecker_svd
 from adtn.decompose.tucker import hosvd, tucker_to_tensor
 
-HEADING = "## GKPD (METHODS.md section 5)"
+HEADING = "## GKPD (Hameed et al., AAAI 2022)"
 SHAPE = (64, 64, 3, 3)
 SPLIT = ((16, 16, 3, 1), (4, 4, 1, 3))
 BUDGET = 0.5
-# METHODS.md "What trained weights look like": a trained 64x32x3x3 kernel at half the parameters
+# reference errors measured earlier on a trained 64x32x3x3 kernel at half the parameters
 PAPER = {"tucker2": 0.413, "fixed": 0.567, "searched": 0.382}
 
 
@@ -139,7 +139,7 @@ def searched(w: Tensor, budget: float) -> tuple[float, int, str] | None:
 
 
 def rows_for(w: Tensor) -> list[tuple[str, int, float, float | None]]:
-    """(method, params, error, METHODS number) for one kernel."""
+    """(method, params, error, reference number) for one kernel."""
     budget = int(BUDGET * w.numel())
     err, p, (r1, r2) = tucker2(w, budget)
     out = [(f"Tucker-2, ranks ({r1}, {r2})", p, err, PAPER["tucker2"])]
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                 cnn_lines = cnn_rows(model, loaders, acc, 1)
         print(notes[-1], flush=True)
         results.append(rows_for(w))
-    lines = ["| method | params | rel. error (ours) | METHODS (64x32x3x3) |", "|---|---|---|---|"]
+    lines = ["| method | params | rel. error (ours) | reference (64x32x3x3) |", "|---|---|---|---|"]
     for i, (name, p, _, ref) in enumerate(results[0]):
         errs = [r[i][2] for r in results]
         same = all(r[i][0] == name for r in results)
@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         (f"Kernel: {source}, shape {SHAPE}, {w.numel():,} entries; budget {BUDGET:g} of them "
         f"({int(BUDGET * w.numel()):,}). {'; '.join(notes)}. Errors are relative Frobenius norms (mean over "
-        "seeds); METHODS.md's numbers are for a different kernel (trained 64x32x3x3), so compare the "
-        "ordering, not the digits."),
+        "seeds); the reference column was measured earlier on a different kernel (a trained 64x32x3x3 one), "
+        "so compare the ordering, not the digits."),
         "",
         *lines,
         *(["", (f"**The CNN with conv2 compressed** (seed {seeds[0]}; `adtn.encode(conv2, template, budget="

@@ -1,4 +1,4 @@
-"""Reproduce the HT-vs-TT comparison and the hybrid policy at a CPU's scale (METHODS.md section 3, experiment 3).
+"""Reproduce the HT-vs-TT comparison and the hybrid policy at a CPU's scale (Wu et al., arXiv 2006.15938).
 
 (a) FC-2 (784 -> 256 -> 10) trained dense on MNIST 5k; its ``fc1`` replaced by a TT-matrix and
     by an HT at equal budgets (1%, 3%, 10% of the weight, ``adtn.encode(fc1, t, budget=b)``,
@@ -38,7 +38,7 @@ import adtn
 from adtn.data import Split, load_mnist5k
 from adtn.models import fc2, lenet5
 
-HEADING = "## HT vs TT and the hybrid (METHODS.md section 3)"
+HEADING = "## HT vs TT and the hybrid (Wu et al., arXiv 2006.15938)"
 FC1 = 784 * 256
 KEEP_DENSE = ("conv1", "fc3")  # LeNet-5's first conv and classifier, as in demos/mnist_compress.py
 POLICIES = ("hybrid", "tt", "ht")

@@ -1,4 +1,4 @@
-"""Reproduce MTD's per-layer Tucker-2 / CP choice on a small VGG-style CNN (METHODS.md section 4, small experiment 4).
+"""Reproduce MTD's per-layer Tucker-2 / CP choice on a small VGG-style CNN (Liang and Lee, IPDPSW 2021).
 
 A VGG-style net (conv 1->16, 16->32, pool, 32->64, 64->64, pool, 2x2 average pool, linear
 256 -> 10; 3x3 convs with ReLU) is trained dense, then its conv2..conv4 kernels are compressed
@@ -38,7 +38,7 @@ from torch import nn
 import adtn
 from adtn.data import load_digits, load_mnist5k
 
-HEADING = "## MTD: mixed Tucker-2 / CP (METHODS.md section 4)"
+HEADING = "## MTD: mixed Tucker-2 / CP (Liang and Lee, IPDPSW 2021)"
 POLICIES = ("mixed", "tucker2", "cp")
 KEEP_DENSE = ("conv1", "fc")
 COMPRESSED = ("conv2", "conv3", "conv4")

@@ -1,4 +1,4 @@
-"""Reproduce the semi-tensor-product comparison at a CPU's scale (METHODS.md section 2, small experiment 2).
+"""Reproduce the semi-tensor-product comparison at a CPU's scale (Zhao et al., arXiv 2109.15200).
 
 FC-2 (784 -> 256 -> 10) is trained dense on MNIST 5k; its ``fc1`` is then replaced, at the
 same nominal ranks (8 and 16), by
@@ -36,7 +36,7 @@ import adtn
 from adtn.data import Split, load_mnist5k
 from adtn.models import fc2
 
-HEADING = "## STT vs TT (METHODS.md section 2)"
+HEADING = "## STT vs TT (Zhao et al., arXiv 2109.15200)"
 FC1 = 784 * 256
 RANKS = (8, 16)
 CHAIN_MODES = ((8, 4, 8), (4, 28, 7))
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
          "count the cores (bias excluded); compression is 200,704 / that. \"extra vs t=1\" is the t = 1 format's "
          "parameters at the same rank over this row's; in brackets the paper's factor: STT 9x / TT 3x = 3.0x "
          "(ResNet, rank 14), STR 179x / TR 99x = 1.8x (WideResNet, rank 16), both at about 2% loss on CIFAR-10 "
-         "(the paper's t is not in METHODS.md)."),
+         "(the paper's abstract does not give t)."),
         "",
         *lines,
         "",

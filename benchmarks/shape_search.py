@@ -1,4 +1,4 @@
-"""Shape search benchmark (issue 8): search time at budget 0.05, and errors on a trained model.
+"""Shape search benchmark: search time at budget 0.05, and errors on a trained model.
 
 Part 1, time: ``adtn.shapes.search`` per template on a 512x512x3x3 kernel and a 4096x4096
 matrix (random with a power-law spectrum, like trained weights) at budget 0.05: wall and CPU
@@ -39,7 +39,7 @@ from torch import nn
 import adtn
 from adtn.shapes import SEARCHABLE, search
 
-HEADING = "## Shape search (issue 8)"
+HEADING = "## Shape search"
 
 
 def weight(shape: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

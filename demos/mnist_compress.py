@@ -8,7 +8,7 @@
 For each model: train it dense (seeded), then
 
 - **adtn**: every hidden ``nn.Linear`` becomes a deep ADTN (``adtn.encode(..., template="adtn",
-  depth=3, init="random")``: gates at identity + noise, METHODS.md section 1) and the whole model
+  depth=3, init="random")``: gates at identity + noise, Qing et al., arXiv 2305.06058) and the whole model
   is fine-tuned, as the paper trains it: no fitting to the pretrained weight;
 - **hybrid** / **mixed**: ``adtn.compress(model, policy, budget=0.1)`` (HT for linear + TT for
   conv; Tucker-2 or CP per layer), initialised from the trained weights, then fine-tuned with

@@ -12,12 +12,12 @@ from pathlib import Path
 from adtn.templates.adtn import build as adtn
 
 GRAPHS: dict[str, tuple[dict[str, int], dict]] = {
-    # VGG-16 on CIFAR-10 (METHODS.md section 1): the two 4096-wide classifier layers at depth 1.
+    # VGG-16 on CIFAR-10 (Qing et al., arXiv 2305.06058): the two 4096-wide classifier layers at depth 1.
     # 512 -> 4096: Q = 21, 10 boundary gates x 4 + 10 gates x 16 = 200 parameters.
     "adtn_vgg16_fc1.json": ({"out": 4096, "in": 512}, {"depth": 1}),
     # 4096 -> 4096: Q = 24, 12 x 4 + 11 x 16 = 224 parameters (together with fc1: 424).
     "adtn_vgg16_fc2.json": ({"out": 4096, "in": 4096}, {"depth": 1}),
-    # MNIST FC-2's first layer 784 -> 256 padded to 2^18 (METHODS.md experiment 1), depth 3, ReLU.
+    # MNIST FC-2's first layer 784 -> 256 padded to 2^18 (the ADTN reproduction in docs/results.md), depth 3, ReLU.
     "adtn_mnist_fc1_d3.json": ({"out": 256, "in": 784}, {"depth": 3}),
 }
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from adtn.templates import cp, kronecker, semi_tucker, tucker  # noqa: F401  (registers the templates)
 from adtn.templates.registry import get
 
-CONV64 = {"out": 64, "in": 64, "kh": 3, "kw": 3}  # a 64 -> 64 3x3 conv kernel (METHODS.md experiment 5)
+CONV64 = {"out": 64, "in": 64, "kh": 3, "kw": 3}  # a 64 -> 64 3x3 conv kernel, as in docs/results.md (GKPD)
 FC784 = {"out": 256, "in": 784}  # the first layer of the MNIST FC-2 (784 -> 256)
 
 GRAPHS: dict[str, tuple[str, dict[str, int], dict]] = {
-    # GKPD (METHODS.md section 5): A (16, 16, 3, 1) (x) B (4, 4, 1, 3); R (768 + 48) params.
+    # GKPD (Hameed et al., AAAI 2022): A (16, 16, 3, 1) (x) B (4, 4, 1, 3); R (768 + 48) params.
     "gkpd_conv64_r1.json": ("kronecker", CONV64, {"rank": 1, "factors": ((16, 16, 3, 1), (4, 4, 1, 3))}),
     "gkpd_conv64_r8.json": ("kronecker", CONV64, {"rank": 8, "factors": ((16, 16, 3, 1), (4, 4, 1, 3))}),
     # Tucker-2 near half the kernel's 36,864 params: 64*38 + 9*38*38 + 38*64 = 17,860.

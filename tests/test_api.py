@@ -8,7 +8,7 @@ from torch import nn
 
 import adtn
 import adtn.fitting
-from adtn.api import encode, load, save
+from adtn.api import OversizeWarning, encode, load, save
 from adtn.errors import AdtnError, RankError, SchemaError
 from adtn.layers import TNConv1d, TNConv2d, TNLinear
 from adtn.templates import TEMPLATES, get
@@ -110,16 +110,98 @@ def test_fit_is_the_fallback_and_takes_options(tt_without_init, fit_calls):
     encode(nn.Linear(32, 24), "tt", rank=2, fit_options={"steps": 3})
     encode(nn.Linear(97, 5), "tt", rank=2, init="fit")
     assert [c[1] for c in fit_calls] == [(24, 32), (5, 98)]  # the padded weight is fitted
-    assert fit_calls[0][2] == {"steps": 3}
+    assert fit_calls[0][2] == {"progress": None, "steps": 3}  # a progress bar on a terminal only
     encode(nn.Linear(32, 24), "tt", rank=2, init="random")
     assert len(fit_calls) == 2
+
+
+def test_deep_adtn_starts_random_and_fits_only_on_request(fit_calls):
+    lin = nn.Linear(64, 32)
+    layer = encode(lin, "adtn", depth=4)  # the default init: no fit
+    assert fit_calls == [] and rel(layer.weight, lin.weight) > 0.5
+    encode(lin, "adtn", depth=2, init="fit", fit_options={"progress": False})
+    assert len(fit_calls) == 1 and fit_calls[0][2] == {"progress": False}
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("make", [lambda: nn.Linear(64, 32), lambda: nn.Linear(300, 120, bias=False),
+                                  lambda: nn.Conv2d(16, 8, 3)], ids=["linear", "linear-300", "conv"])
+def test_random_init_matches_the_dense_output_variance(make, depth):
+    torch.manual_seed(depth)
+    dense = make()
+    with torch.no_grad():
+        dense.weight.mul_(5.0)  # far from the fan-in default, so the scale must come from the weight
+    layer = encode(dense, "adtn", depth=depth)
+    x = torch.randn(64, 64) if isinstance(dense, nn.Linear) and dense.in_features == 64 else \
+        torch.randn(64, 300) if isinstance(dense, nn.Linear) else torch.randn(8, 16, 6, 6)
+    with torch.no_grad():
+        ratio = float(layer(x).var() / dense(x).var())
+    assert 0.5 < ratio < 2.0
+    tt = encode(dense, "tt", rank=2, init="random")  # every template's random init is scaled the same way
+    torch.testing.assert_close(tt.weight.norm(), dense.weight.norm())
+
+
+def test_fit_shows_a_progress_bar_only_when_asked_or_on_a_terminal(capsys):
+    module = adtn.compile(get("tt").build({"out": 8, "in": 8}, rank=2))
+    target = torch.randn(8, 8)
+    adtn.fit(module, target, steps=3, progress=None)  # pytest's stderr is no terminal: no bar
+    adtn.fit(module, target, steps=3)
+    assert capsys.readouterr().err == ""
+    adtn.fit(module, target, steps=3, progress=True)
+    assert "fit" in capsys.readouterr().err
 
 
 def test_a_poor_fitted_init_is_reported():
     # ADTN at 10% of a random weight cannot reproduce it: the fit levels off near error 1
     lin = nn.Linear(64, 32)
     with pytest.warns(UserWarning, match=r"fitting 'adtn' to the weight stopped at relative error 0\.9\d+ \(plateau"):
-        encode(lin, "adtn", budget=0.1)
+        encode(lin, "adtn", budget=0.1, init="fit")
+
+
+@pytest.mark.parametrize("budget", [1.5, 0, -0.1, float("nan"), float("inf"), True, "0.1"])
+def test_budget_outside_zero_one_is_an_error(budget):
+    with pytest.raises(RankError, match=r"encode: budget is a fraction of the dense parameters, in \(0, 1\], got"):
+        encode(nn.Linear(32, 24), "tt", budget=budget)
+    with pytest.raises(RankError, match=r"budget is a fraction of the dense parameters, in \(0, 1\]"):
+        TNLinear(32, 24, template="tt", budget=budget)
+
+
+def test_a_clipped_rank_states_the_ranks_the_network_has():
+    lin = nn.Linear(64, 32)
+    with pytest.warns(OversizeWarning, match=r"Linear weight \(32, 64\) as template 'tt' \(modes=\(\(8, 4\), \(8, 8\)\), "
+                                             r"rank=\[32\]\) has 3,072 parameters, 1.50x the dense weight's 2,048"):
+        layer = encode(lin, "tt", rank=1000)
+    assert layer.template_options["rank"] == [32] and "rank=[32]" in repr(layer) and "1000" not in repr(layer)
+    with pytest.warns(OversizeWarning, match="2,368 parameters"):
+        three = encode(lin, "tt", rank=20, modes=((4, 4, 2), (4, 4, 4)))  # the bonds can take 16 and 8
+    assert three.template_options["rank"] == [16, 8]
+    assert encode(lin, "tt", rank=4).template_options["rank"] == 4  # a rank every bond takes stays as given
+    with pytest.warns(OversizeWarning, match=r"template 'tucker2' \(rank=\[32, 64\]\) has 7,168 parameters, 3.50x"):
+        encode(lin, "tucker2", rank=100)
+
+
+@pytest.mark.parametrize("kw", [{"depth": 8}, {"modes": ((4, 4), (4, 4)), "rank": 16}, {"tol": 0.01}],
+                         ids=["depth", "modes", "tol"])
+def test_every_sizing_path_warns_when_the_network_outgrows_the_weight(kw):
+    lin = nn.Linear(16, 16)
+    template = "adtn" if "depth" in kw else "tt"
+    with pytest.warns(OversizeWarning, match=rf"Linear weight \(16, 16\) as template '{template}' .* has [\d,]+ "
+                                             r"parameters, \d\.\d\dx the dense weight's 256: larger than the layer"):
+        encode(lin, template, **kw)
+
+
+def test_tol_searches_the_shape():
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 96)
+    with torch.no_grad():  # rank 6 plus noise: TT's balanced modes cannot see the low rank, the search can
+        lin.weight.copy_(torch.randn(96, 6) @ torch.randn(6, 128) + 0.05 * torch.randn(96, 128))
+    with pytest.warns(OversizeWarning, match=r"has 15,360 parameters, 1.25x the dense weight's 12,288"):
+        default = encode(lin, "tt", tol=0.1, shape="default")
+    searched = encode(lin, "tt", tol=0.1)
+    assert rel(searched.weight, lin.weight) <= 0.1 and rel(default.weight, lin.weight) <= 0.1
+    assert searched.num_tn_params == 1344 and searched.template_options["rank"] == [6]
+    assert searched.shape_choice is not None and searched.shape_choice.params == searched.num_tn_params
+    assert f"rank={searched.template_options['rank']}" in searched.shape_choice.summary()
 
 
 def test_lazy_and_meta_layers():
@@ -220,8 +302,8 @@ def test_save_keeps_each_structure_as_json():
     buf = io.BytesIO()
     save(model, buf)
     buf.seek(0)
-    payload = torch.load(buf, weights_only=False)
-    assert payload["format"] == "adtn.model/1"
+    payload = torch.load(buf, weights_only=True)  # plain data: nothing to unpickle but tensors
+    assert payload["format"] == "adtn.model/2"
     assert set(payload["layers"]) == {"0", "2", "4"}
     graph = adtn.TensorGraph.from_json(payload["layers"]["4"]["structure"])
     assert graph == model[4].tn.graph
@@ -230,7 +312,8 @@ def test_save_keeps_each_structure_as_json():
 def test_load_rejects_other_files(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(2)}, path)
-    with pytest.raises(SchemaError, match=r"expected a file written by adtn.save \(format 'adtn.model/1'\)"):
+    with pytest.raises(SchemaError, match=r"plain.pt': expected a file written by adtn.save "
+                                          r"\(format 'adtn.model/2'\), got None"):
         load(path)
     with pytest.raises(AdtnError, match="model must be an nn.Module"):
         save({"a": 1}, tmp_path / "x.pt")

@@ -177,6 +177,33 @@ def test_calibration_never_makes_the_output_error_worse(kind):
     assert len(better) >= len(found) // 2, found  # strongly anisotropic inputs: most gain a lot
 
 
+def test_the_refinement_lowers_the_output_error_beyond_kronecker_whitening():
+    from adtn.calibration.init import calibrated_init
+    from adtn.templates.init_common import contract
+
+    torch.manual_seed(0)
+    w, x = torch.randn(24, 60, dtype=torch.float64), _aniso(400, 60).double()
+    cov = covariance(nn.Linear(60, 24), x)
+    axes, opts = {"out": 24, "in": 60}, {"modes": ((4, 6), (6, 10)), "rank": 4}
+    errors = {}
+    for steps in (0, 100):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a refinement that fails says so
+            graph, tensors = calibrated_init("tt", w, axes, cov, steps=steps, **opts)
+        errors[steps] = cov.output_error(w, contract(graph, tensors))
+    assert errors[100] < 0.7 * errors[0]
+
+
+def test_a_zero_padded_layer_is_whitened_on_its_real_features():
+    torch.manual_seed(0)
+    lin, x = nn.Linear(29, 24), _aniso(200, 29)  # 29 inputs: prime, TT pads them
+    plain = adtn.encode(lin, "tt", rank=3)
+    data = adtn.encode(lin, "tt", rank=3, calibration=x)
+    assert "in" in data.pads
+    with torch.no_grad():
+        assert _rel(data(x), lin(x)) < 0.8 * _rel(plain(x), lin(x))
+
+
 def test_deep_adtn_fit_minimises_the_output_error():
     torch.manual_seed(0)
     lin, x = nn.Linear(16, 16), _aniso(128, 16)
@@ -227,12 +254,13 @@ def test_global_allocation_shares_by_output_error_within_the_budget():
         u, _, vh = torch.linalg.svd(model[2].weight)
         model[2].weight.copy_(u[:, :3] @ torch.diag(torch.tensor([3.0, 2.0, 1.0])) @ vh[:3])
     budget = 0.3
-    _out, report = adtn.compress(model, "cp", budget=budget, calibration=x)
+    _out, report = adtn.compress(model, "cp", budget=budget, calibration=x, allocation="global")
     shares = {r.name: r.share for r in report.rows}
     assert report.allocation == "global" and report.fraction <= budget * 1.1
     assert shares["2"] < budget < max(shares["0"], shares["4"])
     assert "allocation global (by output error per parameter): 0 " in str(report)
-    _, uniform = adtn.compress(model, "cp", budget=budget, calibration=x, allocation="uniform")
+    _, uniform = adtn.compress(model, "cp", budget=budget, calibration=x)
+    assert uniform.allocation == "uniform"
     assert report.model_error < uniform.model_error
     assert sum(r.calib_error ** 2 for r in report.rows) < sum(r.calib_error ** 2 for r in uniform.rows)
 
@@ -253,8 +281,7 @@ def test_compress_takes_a_dataloader():
 
 def test_calibrated_compress_beats_the_plain_one_on_its_data():
     model, x = _mlp(), _aniso(256, 24)
-    plain, rp = adtn.compress(model, "tt", budget=0.3, calibration=x, allocation="uniform", init="auto",
-                              shape="default")
+    plain, rp = adtn.compress(model, "tt", budget=0.3, calibration=x, shape="default")
     with torch.no_grad():
         ref = model(x)
         plain_err = _rel(adtn.compress(model, "tt", budget=0.3, shape="default")[0](x), ref)

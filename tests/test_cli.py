@@ -81,3 +81,60 @@ def test_info_and_draw_deep_adtn(tmp_path, capsys):
     assert "flops=" in capsys.readouterr().out
     assert main(["draw", str(graph), "-o", str(tmp_path / "deep.png")]) == 0
     assert (tmp_path / "deep.png").exists()
+
+
+def test_version(capsys):
+    import adtn
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"adtn {adtn.__version__}"
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("info", r"expected a model file written by adtn\.save / torch\.save, or a graph JSON"),
+    ("draw", r"expected a graph JSON \(TensorGraph\.to_json or DeepTN\.to_json\)"),
+])
+def test_binary_file_gets_a_named_error(tmp_path, capsys, command, expected):
+    import re
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(range(256)) * 8)
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"adtn {command}: '.*weights\.bin' is a binary file, not JSON text; {expected}", err), err
+
+
+def test_graph_typo_names_file_node_and_key(tmp_path, capsys):
+    import json
+
+    from adtn.testing import tt_chain
+
+    data = json.loads(tt_chain((2, 2), rank=2).freeze().to_json())
+    node = data["graph"]["nodes"][0]
+    node["legz"] = node.pop("legs")
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(data))
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"adtn info: file {str(path)!r}: node {node['id']!r}: missing key 'legs'; unknown keys ['legz']" in err
+
+
+def test_draw_passes_layout_to_deep_adtn(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import adtn.draw
+
+    seen = []
+    real = adtn.draw.draw
+    monkeypatch.setattr(adtn.draw, "draw", lambda *a, **k: seen.append(k.get("layout")) or real(*a, **k))
+    graph = Path(__file__).resolve().parents[1] / "graphs" / "adtn_vgg16_fc1.json"
+    assert main(["draw", str(graph), "-o", str(tmp_path / "deep.png"), "--layout", "circular"]) == 0
+    assert seen and set(seen) == {"circular"}
+    seen.clear()
+    assert main(["draw", str(graph), "-o", str(tmp_path / "deep2.png")]) == 0
+    assert set(seen) == {"spring"}  # a deep ADTN's own default
+    seen.clear()
+    assert main(["draw", str(Path(graph).parent / "tt_1024x1024_r8.json"), "-o", str(tmp_path / "tt.png")]) == 0
+    assert seen == [None] and (tmp_path / "tt.png").exists()  # draw()'s own default, kamada_kawai

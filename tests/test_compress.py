@@ -110,8 +110,7 @@ def test_mixed_picks_the_format_each_kernel_has(calibrated):
         model[0].weight.copy_(tucker2_kernel(32, 16, 3, 2))
         model[2].weight.copy_(cp_kernel(32, 32, 3, 4))
     x = torch.randn(2, 16, 6, 6)
-    _out, report = compress(model, "mixed", budget=0.035, calibration=x if calibrated else None, skip=("8",),
-                            allocation="uniform")  # 3.5% each: the global allocation would share it otherwise
+    _out, report = compress(model, "mixed", budget=0.035, calibration=x if calibrated else None, skip=("8",))
     rows = {r.name: r for r in report.rows}
     assert rows["0"].template == "tucker2" and rows["2"].template == "cp"
     assert rows["0"].candidates["tucker2"] < 1e-3 < rows["0"].candidates["cp"]
@@ -255,6 +254,7 @@ def test_a_layer_used_twice_is_replaced_everywhere_and_stays_shared():
     out, report = compress(model, "tt", budget=0.3)
     assert isinstance(out.a, TNLinear) and out.b is out.a and model.a is shared
     assert [r.name for r in report.rows] == ["a", "head"]
+    assert report.rows[1].params_after <= 0.9 * 128  # filling the budget grows no layer past 90% of its weight
     assert report.model_params_after == sum(p.numel() for p in out.parameters())
 
 
@@ -390,3 +390,75 @@ def test_auto_policy_searches_the_shapes_and_reports_them():
     assert all(f"shape {r.name}: {r.shape}" in str(report) for r in searched)
     _fixed, fixed_report = compress(model, "auto", budget=BUDGET, candidates=("tt",), shape="default")
     assert all(r.shape == "" for r in fixed_report.rows)
+
+
+def test_layers_whose_network_gains_little_stay_dense_and_are_reported():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 6 * 6, 10))
+    policy = {"0": {"template": "tt", "rank": 5}, "3": "tt"}  # TT rank 5 holds the 144-weight conv in 141
+    out, report = compress(model, policy, budget=0.5)
+    assert [r.name for r in report.rows] == ["3"] and type(out[0]) is nn.Conv2d
+    assert report.skipped == [("0", ("its 'tt' network would take 141 of the weight's 144 parameters (98%), a gain "
+                                    "under 10%"))]
+    assert abs(report.fraction - 0.5) <= 0.05  # the budget is shared again by the layers compressed
+    assert "left dense: 0 (its 'tt' network would take 141" in str(report)
+    _out, report = compress(model, "tucker2", rank=100)
+    assert report.rows == [] and [name for name, _ in report.skipped] == ["0", "3"]
+    assert "(1019%), more than the dense weight" in report.skipped[1][1]
+    _out, report = compress(model, policy, budget=0.5, min_gain=0.0)
+    assert [r.name for r in report.rows] == ["0", "3"]
+    _out, report = compress(model, "tt", budget=0.95)  # under a budget every layer is sized to gain >= 10%
+    assert [r.name for r in report.rows] == ["0", "3"] and all(r.params_after <= 0.9 * r.params_before
+                                                               for r in report.rows)
+    with pytest.raises(AdtnError, match=r"min_gain is the share .* in \[0, 1\), got 1.5"):
+        compress(model, "tt", budget=0.5, min_gain=1.5)
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.attn(x, x, x)
+        return self.head(y.mean(1))
+
+
+def test_multihead_attention_compresses_out_proj_and_reports_in_proj(tmp_path):
+    import adtn
+
+    torch.manual_seed(0)
+    out, report = compress(Attention(), "tt", budget=0.3)  # no skip=
+    assert isinstance(out.attn.out_proj, TNLinear) and [r.name for r in report.rows] == ["attn.out_proj", "head"]
+    assert report.skipped == [("attn.in_proj_weight", ("a q/k/v projection parameter of nn.MultiheadAttention, "
+                                                      "not an nn.Linear layer (only its out_proj is one)"))]
+    x = torch.randn(2, 5, 32)
+    out(x).sum().backward()  # the attention reads out_proj.weight / .bias, rebuilt from the network
+    assert all(p.grad is not None for p in out.attn.out_proj.tn.parameters())
+    with torch.no_grad():
+        train = out(x)
+        assert torch.allclose(out.eval()(x), train, atol=1e-5)
+    adtn.save(out, tmp_path / "attn.pt")
+    again = adtn.load_into(Attention(), tmp_path / "attn.pt").eval()
+    with torch.no_grad():
+        assert torch.allclose(again(x), out(x), atol=1e-6)
+    _out, report = compress(Attention(), "tt", budget=0.3, skip="attn")
+    assert report.skipped == [("attn.out_proj", "skip")]
+
+
+def test_a_layer_no_network_fits_stays_dense_with_the_reason():
+    """semi_tucker cannot size a 1-channel conv (its t=2 bond needs a rank of 2 on an axis of 1):
+    the whole-model policy keeps that layer dense and says why, instead of failing the model."""
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1))
+    small, report = compress(model, "semi_tucker", budget=0.3)
+    assert isinstance(small[0], nn.Conv2d) and not isinstance(small[2], nn.Conv2d)
+    reasons = dict(report.skipped)
+    assert "no network of the policy fits it" in reasons["0"] and "t=2" in reasons["0"]
+    assert "0" in str(report)
+    small(torch.randn(2, 1, 8, 8)).sum().backward()
+
+
+def test_no_layer_any_network_fits_is_a_clear_error():
+    with pytest.raises(AdtnError, match="no layer of Sequential.*can take the policy's networks"):
+        compress(nn.Sequential(nn.Conv2d(1, 16, 3)), "semi_tucker", budget=0.3)

@@ -63,3 +63,25 @@ def test_every_template_has_a_section_and_picture():
     for name in adtn.templates.names():
         assert f"## `{name}`" in text, f"templates.md has no section for {name!r}"
         assert f"](img/{name}.png)" in text and (DOCS / "img" / f"{name}.png").exists(), name
+
+
+ROOT = DOCS.parent
+# Where readers meet citations: the docs, the README, and the docstrings and comments of the code.
+CITING = sorted([*PAGES, ROOT / "README.md", *(ROOT / "adtn").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
+                 *(ROOT / "demos").glob("*.py"), *(ROOT / "graphs").glob("*.py")])
+MD_FILE = re.compile(r"(?<![\w/.-])([\w./-]+\.md)\b")
+UNCITABLE = re.compile(r"\bissues? #?\d+|§|\bMETHODS(\.md|\s+sections?\b)|\bDESIGN\.md|\bSTYLE\.md", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", CITING, ids=lambda p: str(p.relative_to(ROOT)))
+def test_citations_are_in_the_repository(path):
+    """A citation points at a paper or a file in the repository, never at notes or issues readers cannot open."""
+    text = path.read_text()
+    found = UNCITABLE.search(" ".join(text.split()))  # a citation broken across lines
+    assert not found, f"{path.relative_to(ROOT)} cites {found.group()!r}, which is not in the repository"
+    for number, line in enumerate(text.splitlines(), start=1):
+        found = UNCITABLE.search(line)
+        assert not found, f"{path.relative_to(ROOT)}:{number} cites {found.group()!r}, which is not in the repository"
+        for name in MD_FILE.findall(line):
+            here = [path.parent / name, ROOT / name, DOCS / name]
+            assert any(p.exists() for p in here), f"{path.relative_to(ROOT)}:{number} cites {name!r}, not found"

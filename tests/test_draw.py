@@ -38,3 +38,22 @@ def test_draw_single_node(tmp_path):
     g.draw(tmp_path / "one.png")
     assert (tmp_path / "one.png").exists()
     assert torch.is_tensor(adtn.compile(g).dense())
+
+
+def _node_offsets(fig):
+    """The (x, y) of every drawn node, per subplot (nodes are scatter collections)."""
+    return [[tuple(xy) for c in ax.collections if hasattr(c, "get_offsets") and c.get_offsets().size
+             for xy in c.get_offsets()] for ax in fig.axes]
+
+
+def test_deep_draw_honours_layout(tmp_path):
+    from adtn.deep import DeepTN
+
+    deep = adtn.templates.get("adtn").build({"out": 4, "in": 4}, depth=2)
+    assert isinstance(deep, DeepTN)
+    line = _node_offsets(deep.draw(tmp_path / "line.png", layout="line"))
+    spring = _node_offsets(deep.draw(tmp_path / "spring.png"))
+    assert len(line) == 2 and all(line) and all(y == 0.0 for ax in line for _, y in ax)
+    assert any(y != 0.0 for ax in spring for _, y in ax)
+    with pytest.raises(AdtnError, match="unknown layout 'grid'"):
+        deep.draw(tmp_path / "x.png", layout="grid")

@@ -154,3 +154,85 @@ def test_load_structure_dispatches_on_schema(tmp_path):
         adtn.load_structure('{"schema": "other/1"}')
     with pytest.raises(SchemaError, match="no such file"):
         adtn.load_structure(tmp_path / "missing.json")
+
+
+def _chain_data():
+    return json.loads(chain().freeze().to_json())
+
+
+def _typo_node(data):
+    data["graph"]["nodes"][0]["leg"] = data["graph"]["nodes"][0].pop("legs")
+
+
+def _typo_init(data):
+    data["graph"]["nodes"][1]["int"] = data["graph"]["nodes"][1].pop("init")
+
+
+def _typo_edge(data):
+    data["graph"]["edges"][0]["end"] = data["graph"]["edges"][0].pop("ends")
+
+
+def _typo_links(data):
+    data["graph"]["links"] = data["graph"].pop("edges")
+
+
+def _edge_to_nowhere(data):
+    data["graph"]["edges"][0]["target"] = "ghost"
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (_typo_node, r"node 'a': missing key 'legs'; unknown keys \['leg'\]"),
+        (_typo_init, r"node 'b': unknown key 'int' \(did you mean 'init'\?\)"),
+        (_typo_edge, r"edge 'a' -- 'b': missing key 'ends'; unknown keys \['end'\]"),
+        (_typo_links, r"graph JSON 'graph': missing key 'edges'; unknown keys \['links'\]"),
+        (_edge_to_nowhere, r"edge 'a' -- 'ghost': target 'ghost' is not a node"),
+        (lambda d: d.update(nme="x"), r"graph JSON: unknown key 'nme' \(did you mean 'name'\?\)"),
+    ],
+)
+def test_json_typo_names_file_node_and_key(tmp_path, edit, match):
+    data = _chain_data()
+    edit(data)
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchemaError, match=rf"file '.*typo\.json': {match}"):
+        adtn.TensorGraph.load(path)
+    with pytest.raises(SchemaError, match=rf"file '.*typo\.json': {match}"):
+        adtn.load_structure(path)
+    with pytest.raises(SchemaError, match=rf"JSON string: {match}"):
+        adtn.TensorGraph.from_json(json.dumps(data))
+
+
+def test_json_node_metadata_survives_the_checks():
+    g = chain()
+    g.add_node("z", legs={"q": 2}, on=[0, 1], boundary=True)
+    g.set_outputs({"out": ["b.j", "c.m"], "in": ["a.i"], "z": ["z.q"]}).freeze()
+    again = adtn.TensorGraph.from_json(g.to_json())
+    assert again == g and again.node("z")["on"] == [0, 1]
+
+
+def test_json_graph_errors_name_the_file(tmp_path):
+    data = _chain_data()
+    data["graph"]["edges"][0]["legs"] = ["i", "r"]  # a.i (size 4) against b.r (size 3)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(GraphError, match=r"file .*bad\.json.: bond a\.i -- b\.r: leg sizes must match, got 4 and 3"):
+        adtn.TensorGraph.load(path)
+
+
+def test_deep_json_typo_names_the_key():
+    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "graphs"
+    data = json.loads((root / "adtn_vgg16_fc1.json").read_text())
+    data["operator"] = data.pop("operators")
+    with pytest.raises(SchemaError, match=r"JSON string: DeepTN JSON: missing key 'operators'; unknown keys"):
+        adtn.DeepTN.from_json(json.dumps(data))
+
+
+def test_binary_file_is_named_not_decoded(tmp_path):
+    path = tmp_path / "weights.json"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SchemaError, match=r"graph JSON: file '.*weights\.json' is binary, not text; expected a JSON"):
+        adtn.TensorGraph.load(path)
+    with pytest.raises(SchemaError, match=r"is not a file"):
+        adtn.load_structure(tmp_path)

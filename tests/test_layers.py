@@ -710,3 +710,29 @@ def test_half_precision_layers(dtype, template):
         ref = torch.func.functional_call(layer, {"weight": half.weight.float(), "bias": half.bias.float()}, (x,))
         torch.testing.assert_close(y.float(), ref, atol=0.05 * float(ref.abs().max()), rtol=0.05)
         y.float().sum().backward()
+
+
+@pytest.mark.parametrize("forward", ["dense", "direct"])
+@pytest.mark.parametrize("name", ["tucker2", "cp", "kronecker", "tt"])
+def test_conv_takes_unbatched_input_like_torch(name, forward):
+    """(C, H, W) / (C, L) run as a batch of one, as nn.Conv2d / nn.Conv1d take them."""
+    for cls, ref_cls, shape in ((TNConv2d, nn.Conv2d, (8, 7, 6)), (TNConv1d, nn.Conv1d, (8, 9))):
+        layer = cls(8, 6, 3, stride=2, padding=1, padding_mode="reflect", template=name, rank=2, forward=forward)
+        ref = ref_cls(8, 6, 3, stride=2, padding=1, padding_mode="reflect")
+        with torch.no_grad():
+            ref.weight.copy_(layer.weight)
+            ref.bias.copy_(layer.bias)
+        x = torch.randn(shape, requires_grad=True)
+        y = layer(x)
+        assert y.shape == ref(x).shape == layer(x[None]).shape[1:]
+        torch.testing.assert_close(y, ref(x), rtol=1e-4, atol=1e-5)
+        y.sum().backward()
+        assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_conv_rejects_input_of_the_wrong_rank_or_channels():
+    conv = TNConv2d(8, 6, 3, template="tucker2", rank=2)
+    with pytest.raises(ShapeError, match=r"input must be \(N, 8, H, W\) or unbatched \(8, H, W\), got \(8, 6\)"):
+        conv(torch.randn(8, 6))
+    with pytest.raises(ShapeError, match=r"unbatched \(8, L\), got \(2, 3, 9\)"):
+        TNConv1d(8, 6, 3, template="tucker2", rank=2)(torch.randn(2, 3, 9))

@@ -1,4 +1,4 @@
-"""Data-aware compression (issue 14): minimise a layer's output error on calibration inputs.
+"""Data-aware compression: minimise a layer's output error on calibration inputs.
 
 With ``Sigma = E[x x^T]`` of a layer's inputs and ``L`` its Cholesky factor, every
 initialiser minimises ``||(W - W_hat) L||_F`` (= the output error on those inputs) instead

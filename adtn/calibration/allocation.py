@@ -63,6 +63,8 @@ def grow(jobs: Sequence[Any], target: float, proxies: Sequence[Callable[[float],
             if v is None:
                 continue
             now, then = j.params, j.ladder.count(v)
+            if then > getattr(j, "cap", 1.0) * j.dense:  # no layer grows past its cap (compress' min_gain)
+                continue
             new = total - now + then
             if new > limit or (last and new - target >= target - total):
                 continue

@@ -146,7 +146,7 @@ class Covariance:
         the layer feeds them zeros, so their weights never count)."""
         if tuple(sizes) == tuple(padded):
             return self
-        g, k = self.groups, len(sizes)
+        g = self.groups
         floor = float(self.matrix.diagonal().mean()) or 1.0
         sig = self.sigma.new_zeros((g, *padded, *padded))
         sig[(slice(None), *(slice(0, s) for s in sizes), *(slice(0, s) for s in sizes))] = \
@@ -159,7 +159,6 @@ class Covariance:
         sig[:, fake, fake] += floor
         mean = self.mean.new_zeros((g, *padded))
         mean[(slice(None), *(slice(0, s) for s in sizes))] = self.mean.reshape(g, *sizes)
-        del k
         return Covariance(sig, mean.reshape(g, n), self.count, self.input_shape, self.damping, self.where)
 
     # ------------------------------------------------------------------ errors, no data pass

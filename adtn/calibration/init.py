@@ -10,8 +10,10 @@ calibration inputs the target is the output error ``||(W - W_hat) L||_F``, ``L L
    holds every in-leg (the truncated SVD of ``W L``, SVD-LLM's whitened SVD: CP / Tucker-2 on
    a matrix, the SVD-like searched shapes) or when ``Sigma`` is a Kronecker product over the
    groups (GKPD with ``L = L_A (x) L_B``).
-2. Refine: a few L-BFGS steps on the cores minimising ``tr(E Sigma E^T)``, the full ``Sigma``
-   (per conv group), no data pass; skipped when the whitening was exact.
+2. Refine: L-BFGS on the cores minimising ``tr(E Sigma E^T)`` (the damped ``Sigma``, per conv
+   group), no data pass; skipped when the whitening was exact. This step matters: on LeNet-5's
+   fc1 (TT, rank 16) Kronecker whitening alone takes the output error from 0.33 to 0.32, 100
+   L-BFGS iterations to 0.065.
 3. Keep the best: the uncalibrated init, the whitened one and the refined one are compared by
    their output error on the calibration inputs, so data-awareness never ends worse.
 """
@@ -19,6 +21,7 @@ calibration inputs the target is the output error ``||(W - W_hat) L||_F``, ``L L
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,8 +35,8 @@ from .whitening import cholesky_factor, inverse_factor, kron_factors
 
 __all__ = ["REFINE_STEPS", "calibrated_init", "fit_covariance", "in_groups", "metric"]
 
-REFINE_STEPS = 30  # L-BFGS iterations of the refinement
-REFINE_MAX_FLOPS = 2e12  # above this (iterations x out x n^2) the refinement is skipped
+REFINE_STEPS = 100  # L-BFGS iterations of the refinement, at most
+REFINE_FLOPS = 2e12  # the refinement's budget: fewer iterations on big layers (6 out n^2 each), none below 5
 
 
 def fit_covariance(cov: Covariance, axes: Mapping[str, int], padded: Mapping[str, int]) -> Covariance:
@@ -63,7 +66,7 @@ def _on_legs(t: Tensor, dims: Sequence[int], matrix: Tensor) -> Tensor:
     inverse = [0] * t.dim()
     for k, p in enumerate([*rest, *dims]):
         inverse[p] = k
-    return out.permute(*inverse)
+    return out.permute(*inverse).contiguous()
 
 
 def metric(cov: Covariance) -> Tensor:
@@ -103,8 +106,8 @@ def _refine(graph: TensorGraph, tensors: Mapping[str, Tensor], dense: Tensor, fa
     from ..module import TNModule
 
     g, n = factor.shape[0], factor.shape[-1]
-    module = TNModule(graph, {k: v.detach().to(torch.float64) for k, v in tensors.items()}, dtype=torch.float64,
-                      device=factor.device)
+    module = TNModule(graph, {k: v.detach().to(torch.float64).contiguous() for k, v in tensors.items()},
+                      dtype=torch.float64, device=factor.device)  # contiguous: L-BFGS views every gradient flat
     target = dense.to(torch.float64).reshape(g, -1, n) @ factor
     norm = float(target.pow(2).sum()) or 1.0
     params = list(module.parameters())
@@ -131,7 +134,7 @@ def calibrated_init(template: str, dense: Tensor, axes: Mapping[str, int], cov: 
         dense: the weight (zero-padded to ``axes`` where the network pads).
         axes: the network's axes.
         cov: the covariance over the in side of ``axes`` (``fit_covariance`` pads it).
-        steps: L-BFGS iterations of the refinement (0 to skip it).
+        steps: L-BFGS iterations of the refinement at most (0 to skip it).
     """
     from ..templates.init_common import contract
 
@@ -146,12 +149,14 @@ def calibrated_init(template: str, dense: Tensor, axes: Mapping[str, int], cov: 
         exact = whitened[1]
     errors = [cov.energy(dense - contract(graph, {k: v.to(torch.float64) for k, v in t.items()})) for t in tried]
     n = cov.features
-    flops = steps * dense.shape[0] * n * n
-    if steps and not exact and flops <= REFINE_MAX_FLOPS and math.isfinite(min(errors)) and min(errors) > 0:
+    steps = min(steps, int(REFINE_FLOPS / (6 * dense.shape[0] * n * n)))
+    if steps >= 5 and not exact and math.isfinite(min(errors)) and min(errors) > 0:
         start = tried[min(range(len(tried)), key=errors.__getitem__)]
         try:
             refined = _refine(graph, start, dense, metric(cov), steps)
-        except RuntimeError:  # a line search that breaks down leaves the better start
+        except RuntimeError as err:  # said, not hidden: the better start is kept
+            warnings.warn(f"{cov.where}: the data-aware refinement of {template!r} failed ({err}); the "
+                          "whitened decomposition is kept", RuntimeWarning, stacklevel=2)
             refined = None
         if refined is not None and all(bool(torch.isfinite(v).all()) for v in refined.values()):
             tried.append(refined)

@@ -6,7 +6,9 @@ format's fast form for Tucker(-2), CP and Kronecker templates (see ``conv_forms.
 ``low_rank`` for any network that splits into U (all out legs) and one core V (all in and
 kernel legs): V's kh x kw conv to R channels, then U's 1x1; or, for other networks, im2col
 (``F.unfold``) with the patches streamed through the network. ``"auto"``
-takes the cheapest by FLOPs. Internally everything is 2-D: a 1-D conv has height 1.
+takes the cheapest by FLOPs. Internally everything is 2-D: a 1-D conv has height 1. Unbatched
+input ((C, H, W), (C, L)) runs as a batch of one, as ``nn.Conv2d`` does. ``flops(shape)`` gives
+the FLOPs of the form forward runs.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdtnError, ShapeError
+from ..tracing import COMPILE_BATCH
 from .conv_forms import (
     ConvGeometry,
+    Work,
     cp_conv,
     cp_cost,
     kronecker_conv,
@@ -60,6 +64,7 @@ class _TNConvNd(TNLayer):
     nd = 2
     spatial: tuple[str, ...] = ("kh", "kw")
     nouns: ClassVar[dict[str, str]] = {"out": "output channels", "in": "input channels"}
+    compile_key: ClassVar[tuple[int, ...]] = (COMPILE_BATCH // 8, 32, 32)  # (N, H, W) under torch.compile
 
     def __init__(
         self,
@@ -97,6 +102,7 @@ class _TNConvNd(TNLayer):
         sizing = {"rank": rank, "depth": depth, "budget": budget, "modes": modes}
         self._setup(axes, template, structure, forward, device, dtype, sizing, options)
         self._init_bias(bias, device, dtype)
+        self._low_rank_spec = _low_rank_spec(getattr(self.tn, "graph", None))  # forward reads no graph
 
     @classmethod
     def weight_axes(cls, in_channels: int, out_channels: int, kernel_size: Any, groups: int = 1,
@@ -148,10 +154,8 @@ class _TNConvNd(TNLayer):
         """When one core holds every in and kernel leg and the rest of the network every ``out``
         leg (legs of size 1 aside), as in the searched SVD-like shapes of tt, tr, ht and
         semi_tt: how to read the network as U (O, R) and V (R, C, kh, kw), so that the conv runs
-        as V's kh x kw conv to R channels and U's 1x1 (``tucker_conv``). Computed once per
-        layer (the graph is fixed)."""
-        if "_low_rank_spec" not in self.__dict__:
-            self._low_rank_spec = _low_rank_spec(getattr(self.tn, "graph", None))
+        as V's kh x kw conv to R channels and U's 1x1 (``tucker_conv``). Computed when the layer
+        is made (the graph is fixed)."""
         return self._low_rank_spec
 
     def _low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +190,7 @@ class _TNConvNd(TNLayer):
                 core = torch.tensordot(core, p[f"u_{ax}"], dims=([dim], [1])).movedim(-1, dim)
         return self._spatial(core, 2)
 
-    def _fast_cost(self, form: str, n: int, h: int, w: int) -> int:
+    def _fast_cost(self, form: str, n: int, h: int, w: int) -> Work:
         p, geo = self._params(), self._geo
         if form == "low_rank":
             r = self._low_rank()[1][2]
@@ -222,20 +226,40 @@ class _TNConvNd(TNLayer):
         return y if self.bias is None else y + self.bias[:, None, None]
 
     # ------------------------------------------------------------------ forward
+    def _key(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """(N, H, W) of the 2-D conv run on an input of ``shape`` (unbatched: N = 1), padding mode applied."""
+        if len(shape) == self.nd + 1:
+            shape = (1, *shape)
+        n, _, *hw = shape
+        h, w = (1, hw[0]) if self.nd == 1 else (hw[0], hw[1])
+        if self._pre_pad:
+            w, h = w + self._pre_pad[0] + self._pre_pad[1], h + self._pre_pad[2] + self._pre_pad[3]
+        return n, h, w
+
     def choose_forward(self, shape: Sequence[int]) -> Choice:
         """The forward mode (and form) ``forward()`` uses for an input of this shape (N, C, H, W)."""
-        n, _, *hw = shape
-        return self._mode((n, 1, hw[0]) if self.nd == 1 else (n, hw[0], hw[1]))
+        return self._mode(self._key(shape))
+
+    def flops(self, shape: Sequence[int]) -> tuple[int, str]:
+        n, h, w = self._key(shape)
+        form = self.choose_forward(shape).form
+        if form == "dense":
+            dense = self._geo.dense_cost(n, h, w, self.out_channels, self.in_channels // self.groups)
+            return self._rebuild_flops() + dense.flops, "dense"
+        if form == "unfold":
+            ho, wo = self._geo.out_size(h, w)
+            return int(self.tn.cost(batch=n * ho * wo, axis=("in",) + self.spatial).flops), "unfold"
+        return int(self._fast_cost(form, n, h, w).flops), form
 
     def _decide(self, key: tuple, cached: bool) -> Choice:
         n, h, w = key
         dense = self._rebuild_cost(cached) + self._geo.dense_cost(n, h, w, self.out_channels,
-                                                                    self.in_channels // self.groups)
+                                                                    self.in_channels // self.groups).cost
         if self.forward_mode == "dense" or self.groups > 1:  # a grouped kernel is rebuilt for F.conv2d(groups=)
             return choose("dense", dense, 0 if self.groups == 1 else None)
         form = self._fast_form()
         if form is not None:
-            return choose(self.forward_mode, dense, self._fast_cost(form, n, h, w), form)
+            return choose(self.forward_mode, dense, self._fast_cost(form, n, h, w).cost, form)
         ho, wo = self._geo.out_size(h, w)
         rows = n * ho * wo
         direct = tn_cost(self.tn, ("in",) + self.spatial, rows)
@@ -245,9 +269,12 @@ class _TNConvNd(TNLayer):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         where = type(self).__name__
-        if x.dim() != self.nd + 2 or x.shape[1] != self.in_channels:
-            raise ShapeError(f"{where}: input must be (N, {self.in_channels}, {'L' if self.nd == 1 else 'H, W'}), "
-                             f"got {tuple(x.shape)}")
+        if x.dim() not in (self.nd + 1, self.nd + 2) or x.shape[-self.nd - 1] != self.in_channels:
+            dims = "L" if self.nd == 1 else "H, W"
+            raise ShapeError(f"{where}: input must be (N, {self.in_channels}, {dims}) or unbatched "
+                             f"({self.in_channels}, {dims}), got {tuple(x.shape)}")
+        if x.dim() == self.nd + 1:  # unbatched, as nn.Conv2d takes it
+            return self._forward(x.unsqueeze(0)).squeeze(0)
         x4 = x.unsqueeze(2) if self.nd == 1 else x
         if self._pre_pad:
             x4 = F.pad(x4, self._pre_pad, mode=self.padding_mode)
@@ -261,6 +288,11 @@ class _TNConvNd(TNLayer):
         else:  # the fast forms run channels-last on CPU and hand back the input's layout
             y = self._run_fast(form, x4)
         return y.squeeze(2) if self.nd == 1 else y
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_low_rank_spec" not in self.__dict__:  # pickled before it was made at construction
+            self._low_rank_spec = _low_rank_spec(getattr(self.tn, "graph", None))
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}")
@@ -350,6 +382,7 @@ class TNConv1d(_TNConvNd):
 
     nd = 1
     spatial = ("kw",)
+    compile_key = (COMPILE_BATCH // 8, 1, 256)  # (N, 1, L) under torch.compile
 
     @classmethod
     def from_conv1d(cls, conv: nn.Conv1d, template: str = "adtn", **kw: Any) -> TNConv1d:

@@ -1,7 +1,7 @@
 """Fast forms of conv formats: a sequence of small convolutions instead of a rebuilt kernel.
 
 Conv formats with a known fast form run as a sequence of small convolutions instead of
-rebuilding the kernel (METHODS.md sections 4 and 5), each exact and checked against
+rebuilding the kernel (MTD, Liang and Lee 2021; GKPD, Hameed et al. 2022), each exact and checked against
 ``F.conv2d`` with the rebuilt kernel in the tests:
 
 - Tucker-2: 1x1 conv C -> R_in, kh x kw conv R_in -> R_out, 1x1 conv R_out -> O;
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +32,21 @@ from ..errors import AdtnError
 from ..plan import plain_ops
 from .forward import ACTIVATION_WEIGHT
 
-__all__ = ["ConvGeometry", "cp_conv", "cp_cost", "kronecker_conv", "kronecker_cost", "kronecker_exact", "tucker_conv",
-           "tucker_cost", "unfold_input"]
+__all__ = ["ConvGeometry", "Work", "cp_conv", "cp_cost", "kronecker_conv", "kronecker_cost", "kronecker_exact",
+           "tucker_conv", "tucker_cost", "unfold_input"]
+
+
+class Work(NamedTuple):
+    """What one conv form does: FLOPs (multiply-adds x 2) and activation elements read or written.
+    ``cost`` weighs both in FLOP-equivalents for the forward choice; reports show ``flops``."""
+
+    flops: int
+    moved: int
+
+    @property
+    def cost(self) -> int:
+        return int(self.flops + ACTIVATION_WEIGHT * self.moved)
+
 
 # ---------------------------------------------------------------------- conv geometry
 @dataclass(frozen=True)
@@ -51,11 +64,11 @@ class ConvGeometry:
             for n, k, s, p, d in zip((h, w), self.kernel, self.stride, self.padding, self.dilation)
         )
 
-    def dense_cost(self, n: int, h: int, w: int, out_ch: int, in_ch: int) -> int:
-        """FLOPs of the dense conv plus ``ACTIVATION_WEIGHT`` per input and output element."""
+    def dense_cost(self, n: int, h: int, w: int, out_ch: int, in_ch: int) -> Work:
+        """The dense conv's FLOPs and its input and output elements (``in_ch`` per group)."""
         ho, wo = self.out_size(h, w)
         flops = 2 * n * ho * wo * out_ch * in_ch * self.kernel[0] * self.kernel[1]
-        return flops + ACTIVATION_WEIGHT * n * (h * w * in_ch + ho * wo * out_ch)
+        return Work(flops, n * (h * w * in_ch + ho * wo * out_ch))
 
     def part(self, dims: Sequence[bool]) -> dict[str, tuple[int, int]]:
         """conv2d arguments applying stride, padding and dilation only in the dims flagged True."""
@@ -163,8 +176,8 @@ def tucker_conv(
     return pointwise_out(x, u_out, bias, nchw)
 
 
-def tucker_cost(n: int, h: int, w: int, core: Sequence[int], c: int | None, o: int | None, geo: ConvGeometry) -> int:
-    """Cost of ``tucker_conv``: core shape (R_out, R_in, kh, kw); c / o None when not factored."""
+def tucker_cost(n: int, h: int, w: int, core: Sequence[int], c: int | None, o: int | None, geo: ConvGeometry) -> Work:
+    """Work of ``tucker_conv``: core shape (R_out, R_in, kh, kw); c / o None when not factored."""
     r_out, r_in, kh, kw = core
     ho, wo = geo.out_size(h, w)
     flops = 2 * n * ho * wo * r_out * r_in * kh * kw
@@ -175,7 +188,7 @@ def tucker_cost(n: int, h: int, w: int, core: Sequence[int], c: int | None, o: i
     if o is not None:
         flops += 2 * n * ho * wo * r_out * o
         moved += n * ho * wo * (r_out + o)
-    return flops + ACTIVATION_WEIGHT * moved
+    return Work(flops, moved)
 
 
 # ---------------------------------------------------------------------- CP
@@ -204,13 +217,13 @@ def cp_conv(
     return pointwise_out(x, u_out, bias, nchw)
 
 
-def cp_cost(n: int, h: int, w: int, c: int, o: int, rank: int, geo: ConvGeometry) -> int:
-    """Cost of ``cp_conv``."""
+def cp_cost(n: int, h: int, w: int, c: int, o: int, rank: int, geo: ConvGeometry) -> Work:
+    """Work of ``cp_conv``."""
     ho, wo = geo.out_size(h, w)
     kh, kw = geo.kernel
     flops = 2 * n * rank * (h * w * c + ho * wo * kh * kw + ho * wo * o)
     moved = n * (h * w * (c + 2 * rank) + ho * wo * (2 * rank + o))
-    return flops + ACTIVATION_WEIGHT * moved
+    return Work(flops, moved)
 
 
 # ---------------------------------------------------------------------- Kronecker (GKPD)
@@ -239,12 +252,12 @@ def _kron_order(a_shape: Sequence[int], b_shape: Sequence[int], n: int, h: int, 
 
 
 def kronecker_cost(a_shape: Sequence[int], b_shape: Sequence[int], rank: int, n: int, h: int, w: int,
-                   geo: ConvGeometry) -> int:
-    """Cost of ``kronecker_conv`` in its cheaper order; shapes are (F_k, C_k, kh_k, kw_k)."""
+                   geo: ConvGeometry) -> Work:
+    """Work of ``kronecker_conv`` in its cheaper order; shapes are (F_k, C_k, kh_k, kw_k)."""
     flops, middle, _, _ = _kron_order(a_shape, b_shape, n, h, w, geo)
     ho, wo = geo.out_size(h, w)
     c, o = a_shape[1] * b_shape[1], a_shape[0] * b_shape[0]
-    return rank * flops + ACTIVATION_WEIGHT * (n * (h * w * c + ho * wo * o) + 2 * rank * middle)
+    return Work(rank * flops, n * (h * w * c + ho * wo * o) + 2 * rank * middle)
 
 
 def _pointwise(args: dict[str, tuple[int, int]]) -> bool:
@@ -268,7 +281,7 @@ def kronecker_conv(
             "spatial dim; the sequence of convolutions would not be exact: rebuild the kernel instead"
         )
     n, _, h, w = x.shape
-    _, _, a_first, dims = _kron_order(a.shape[1:], b.shape[1:], n, h, w, geo)
+    _, _, a_first, dims = _kron_order(a.shape[1:], b.shape[1:], 1, h, w, geo)  # the order does not depend on n
     first, second = (a, b) if a_first else (b, a)
     r, f1, c1, kh1, kw1 = first.shape
     _, f2, c2, kh2, kw2 = second.shape

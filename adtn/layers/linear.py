@@ -6,6 +6,11 @@ below does not: that is how conv layers find their fast forms. Sizes that tensor
 (a prime feature size) are zero-padded for templates that split axes into modes; the
 layer crops the rebuilt weight, pads the input of a streamed pass, and says so in
 ``extra_repr``.
+
+Forward decides per input shape whether to rebuild the weight or stream the input (``forward.py``);
+the choices, like the plans below them, are kept in small LRU caches. Under ``torch.compile`` the
+choice is made outside the traced graph, for ``COMPILE_BATCH`` rows (one graph then serves every
+batch size).
 """
 
 from __future__ import annotations
@@ -20,24 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..api import INITS, _template_params, initialize, resolve, tol_structure
+from ..api import INITS, _template_params, initialize, resolve
 from ..errors import AdtnError, ShapeError
 from ..graph import TensorGraph
 from ..module import check_fed_input
 from ..module import compile as compile_graph
 from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
+from ..tolerance import tol_structure
+from ..tracing import COMPILE_BATCH, LRUCache, compiling, trace_constant, tracing
 from .chain import ChainPlan, chain_apply, chain_plan
 from .forward import ACTIVATION_WEIGHT, Choice, check_mode, choose, tn_cost
 
-__all__ = ["TNLayer", "TNLinear", "compile_structure"]
+__all__ = ["CHOICES", "TNLayer", "TNLinear", "compile_structure"]
 
-
-def _uncompiled(fn: Any) -> Any:
-    """``torch.compiler.disable(fn)`` only while compiling: importing dynamo costs ~2 s."""
-    if torch.compiler.is_compiling():
-        return torch.compiler.disable(fn)
-    return fn
+CHOICES = 32  # forward choices kept per layer (one per input shape, weight cached or not, forward mode)
 
 
 # ---------------------------------------------------------------------- structure -> module
@@ -64,11 +66,6 @@ def _node_tensors(tn: nn.Module) -> nn.ParameterDict:
     return tn.params if hasattr(tn, "params") else tn.gates
 
 
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler and compiler.is_compiling())
-
-
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype ``torch.autocast`` casts to on this device type, or None when it is off."""
     try:
@@ -85,6 +82,8 @@ class TNLayer(nn.Module):
 
     kind = "linear"
     nouns: ClassVar[dict[str, str]] = {}
+    # the input shape key a layer decides for while torch.compile traces (see ``_mode``)
+    compile_key: ClassVar[tuple[int, ...]] = (COMPILE_BATCH,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The layer on ``x``. Under ``torch.autocast`` the network contracts in its own dtype with
@@ -121,7 +120,8 @@ class TNLayer(nn.Module):
         self.pads = {ax: (n, tn_axes[ax]) for ax, n in axes.items() if tn_axes[ax] != n}
         fan_in = max(1, math.prod(axes.values()) // axes["out"])
         self.tn = compile_structure(structure, std=1.0 / math.sqrt(3 * fan_in), dtype=dtype, device=device)
-        self._choices: dict[tuple, Choice] = {}
+        self._choices: LRUCache = LRUCache(CHOICES)
+        self._chains: LRUCache = LRUCache(CHOICES)
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
 
     def _init_bias(self, bias: bool, device: Any, dtype: torch.dtype | None) -> None:
@@ -189,7 +189,7 @@ class TNLayer(nn.Module):
 
     # ------------------------------------------------------------------ the weight and its cache
     def _cache_ok(self) -> bool:
-        if self.training or _compiling():
+        if self.training or compiling():
             return False
         return not torch.is_grad_enabled() or not any(p.requires_grad for p in self.tn.parameters())
 
@@ -218,20 +218,24 @@ class TNLayer(nn.Module):
 
     # ------------------------------------------------------------------ forward mode
     def _mode(self, key: tuple) -> Choice:
-        """The choice for an input shape ``key``, cached per (shape, weight cached, forward mode)."""
-        cached = self._cached()
-        hit = self._choices.get((key, cached, self.forward_mode))
-        if hit is None:
-            hit = self._decide_cached(key, cached)
-        return hit
+        """The choice for an input shape ``key``, cached per (shape, weight cached, forward mode).
 
-    def _decide_cached(self, key: tuple, cached: bool) -> Choice:
-        """Plan outside any torch.compile trace (planning is Python, not tensor work)."""
-        return _uncompiled(self._decide_and_store)(key, cached)
+        While torch.compile traces, the choice is made in plain Python (``trace_constant``) for the
+        nominal shape ``compile_key`` with the weight not cached: the batch may be symbolic there, and
+        one graph then serves every batch size."""
+        if tracing():
+            return _traced_choice(self, self.compile_key, False, self.forward_mode)
+        return _traced_choice(self, key, self._cached(), self.forward_mode)
 
-    def _decide_and_store(self, key: tuple, cached: bool) -> Choice:
-        hit = self._choices[(key, cached, self.forward_mode)] = self._decide(key, cached)
-        return hit
+    def flops(self, shape: Sequence[int]) -> tuple[int, str]:
+        """(FLOPs, form) of ``forward`` on an input of ``shape``: multiply-adds x 2 over the whole
+        input, in the form the layer picks now (``choose_forward``): ``"dense"`` (the dense op, plus
+        the network's contraction when the weight is not cached), ``"stream"``, ``"unfold"`` or a
+        conv format's fast form."""
+        raise NotImplementedError
+
+    def _rebuild_flops(self) -> int:
+        return 0 if self._cached() else int(self.tn.cost().flops)
 
     def _decide(self, key: tuple, cached: bool) -> Choice:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -256,7 +260,13 @@ class TNLayer(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_weight_cache"] = None
+        state["_choices"], state["_chains"] = LRUCache(CHOICES), LRUCache(CHOICES)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Layers pickled before the caches were bounded get bounded ones."""
+        super().__setstate__(state)
+        self._choices, self._chains = LRUCache(CHOICES), LRUCache(CHOICES)
 
     @classmethod
     def _encode(cls, args: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor | None, template: str, *,
@@ -290,8 +300,8 @@ class TNLayer(nn.Module):
             layer = cls(**args, **common, rank=rank, depth=depth, budget=budget, modes=modes, **options)
             initialize(layer, weight, init, fit_options, cov)
         else:
-            structure, tensors = tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, modes,
-                                                init, options)
+            structure, tensors, choice = tol_structure(cls, where, args, weight, template, rank, depth, budget, tol,
+                                                        modes, init, options)
             layer = cls(**args, **common, structure=structure)
             layer.load_node_tensors(tensors)
             if cov is not None:  # tol picks the ranks by weight error; the tensors are then fit to the data
@@ -331,6 +341,8 @@ def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weig
     """
     from ..shapes import SEARCHABLE, search
 
+    if tol is not None:  # tol= searches its own shape (api.tol_structure)
+        return None
     shape = options.pop("shape", "unset")
     if shape not in SHAPES + ("unset",):
         raise AdtnError(f"{where}: shape must be 'auto', 'default' or None, got {shape!r}")
@@ -480,7 +492,7 @@ class TNLinear(TNLayer):
     def _chain(self, batch: int) -> ChainPlan | None:
         """The chain executor's plan for this batch size (a TT / MPO network), None when the
         network is not a chain or the planner's steps are cheaper; cached per batch size."""
-        chains = self.__dict__.setdefault("_chains", {})
+        chains = self._chains
         if batch not in chains:
             plan = None
             if getattr(self.tn, "graph", None) is not None and not getattr(self.tn, "_inputs", None):
@@ -489,7 +501,17 @@ class TNLinear(TNLayer):
                 if plan is not None and plan.cost >= tn_cost(self.tn, ("in",), batch):
                     plan = None
             chains[batch] = plan
-        return chains[batch]
+        return chains.get(batch)
+
+    def flops(self, shape: Sequence[int]) -> tuple[int, str]:
+        batch = math.prod(shape[:-1])
+        choice = self.choose_forward(shape)
+        if choice.form == "dense":
+            return self._rebuild_flops() + 2 * batch * self.out_features * self.in_features, "dense"
+        chain = None if plain_ops() or batch == 0 else self._chain(batch)
+        if chain is not None:
+            return chain.flops, "stream"
+        return int(self.tn.cost(batch=batch, axis="in").flops), "stream"
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -516,3 +538,14 @@ class TNLinear(TNLayer):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 + self._tn_repr())
+
+
+@trace_constant
+def _traced_choice(layer: TNLayer, key: tuple, cached: bool, mode: str) -> Choice:
+    """``layer``'s forward choice for ``key``, from its cache or ``_decide``; plain Python even while
+    torch.compile traces (``trace_constant``), where ``mode`` (an argument, not read from the layer
+    here) makes the compiled graph guard on the forward mode."""
+    hit = layer._choices.get((key, cached, mode))
+    if hit is None:
+        hit = layer._choices[(key, cached, mode)] = layer._decide(key, cached)
+    return hit

@@ -1,4 +1,4 @@
-"""Shape search: pick how a weight is split into factors, not only the rank (issue 8).
+"""Shape search: pick how a weight is split into factors, not only the rank.
 
 At a fixed parameter budget the error of a compressed layer depends as much on how its axes
 are factored (TT / TR / HT modes, the pairing of out and in modes, the Kronecker factor

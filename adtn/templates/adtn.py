@@ -1,4 +1,4 @@
-"""The deep ADTN template (METHODS.md section 1): a weight decoded by ``depth`` gate layers.
+"""The deep ADTN template (Qing et al., arXiv 2305.06058): a weight decoded by ``depth`` gate layers.
 
 ``build({"out": 4096, "in": 4096}, depth=2)`` returns a ``DeepTN``: Q = ceil(log2(prod(axes)))
 legs of size 2 (the weight flattened row-major and padded with zeros to 2^Q entries, cropped

@@ -11,7 +11,7 @@ factors: a hyperedge. It is spelled as one fixed node with the symbolic value ``
   kernel at R = 64).
 
 Fixed nodes are not parameters, so the count stays R * sum_k n_k (conv: R (in + kh + kw + out),
-METHODS.md section 4). Factor ``u_<axis>`` has legs ``(i: n_k, r: R)``, the (n_k, R) layout of
+Liang and Lee, IPDPSW 2021). Factor ``u_<axis>`` has legs ``(i: n_k, r: R)``, the (n_k, R) layout of
 tensorly and ``adtn.decompose.cp_als``.
 """
 

@@ -1,6 +1,6 @@
 """GKPD as a graph: a sum of R same-order Kronecker products, W = sum_r A_r (x) B_r.
 
-Generalized Kronecker product decomposition (Hameed et al., AAAI 2022; METHODS.md section 5).
+Generalized Kronecker product decomposition (Hameed et al., AAAI 2022).
 Every axis k of size n_k = a_k * b_k is split between the two factors, and per mode
 (A (x) B)[i * b_k + j] = A[i] * B[j]. As a graph:
 

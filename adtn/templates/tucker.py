@@ -11,7 +11,7 @@ exactly tensorly's Tucker core:
 
 ``tucker2`` is Tucker with only the channel axes ``out`` and ``in`` compressed (Tucker-2 of a
 conv kernel: 1x1 conv in -> R_in, kh x kw conv R_in -> R_out, 1x1 conv R_out -> out;
-METHODS.md section 4); on a linear weight it is the two-sided U_out core U_in^T.
+Liang and Lee, IPDPSW 2021); on a linear weight it is the two-sided U_out core U_in^T.
 
 The small argument checkers below (``check_axes``, ``select_axes``, ``per_axis``,
 ``positive_int``, ``tucker_ranks``) are shared with the CP, Kronecker and semi-Tucker templates.
