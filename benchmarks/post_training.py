@@ -1,4 +1,4 @@
-"""Post-training compression of a real pretrained transformer (all-MiniLM-L6-v2), no fine-tuning (issue 14).
+"""Post-training compression of a real pretrained transformer (all-MiniLM-L6-v2), no fine-tuning.
 
 Every ``nn.Linear`` of the encoder (6 layers x query/key/value/attn_out/ffn_in/ffn_out, 10.6M
 weights) is compressed to 50% and 80% of its parameters; the score is the mean cosine between
@@ -21,7 +21,7 @@ of the best calibrated adtn model and of the whitened SVD. Text: sentences of th
     python benchmarks/post_training.py            # about 10 minutes on 2 CPU cores
     python benchmarks/post_training.py --full     # every template and policy, 512 eval sentences
 
-The table is printed and written as the section ``## Post-training compression (issue 14)`` of ``--out``
+The table is printed and written as the section ``## Post-training compression`` of ``--out``
 (``--no-write`` leaves the file alone). Exit code 2 when the model package is missing.
 """
 
@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 import adtn
 
-HEADING = "## Post-training compression (issue 14)"
+HEADING = "## Post-training compression"
 BUDGETS = (0.5, 0.8)
 DAMPING = 1e-4  # relative to the mean of Sigma's diagonal, before the Cholesky factorisation
 VARIANTS = {  # label -> compress options besides the budget ("calib" stands for the calibration batches)
