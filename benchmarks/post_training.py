@@ -10,7 +10,7 @@ the compressed and the original model's sentence embeddings on held-out sentence
   (reference written here);
 - ``adtn.compress(model, policy, budget=b)`` for each policy, without and with
   ``calibration=`` (the calibration sentences as ``{"input_ids", "attention_mask"}`` batches),
-  with adtn's default allocation and with ``allocation="uniform"`` (and ``sequential=True``
+  with the default (uniform) allocation and with ``allocation="global"`` (and ``sequential=True``
   with ``--full``);
 
 then a short distillation (1 - cosine to the original's embeddings, AdamW, on other sentences)
@@ -50,11 +50,11 @@ BUDGETS = (0.5, 0.8)
 DAMPING = 1e-4  # relative to the mean of Sigma's diagonal, before the Cholesky factorisation
 VARIANTS = {  # label -> compress options besides the budget ("calib" stands for the calibration batches)
     "no": {},
-    "yes": {"calibration": "calib"},  # adtn's default allocation with calibration ("global")
-    "yes, uniform": {"calibration": "calib", "allocation": "uniform"},
-    "yes, uniform, sequential": {"calibration": "calib", "allocation": "uniform", "sequential": True},
+    "yes": {"calibration": "calib"},  # adtn's default allocation: uniform (every layer the same fraction)
+    "yes, global": {"calibration": "calib", "allocation": "global"},
+    "yes, sequential": {"calibration": "calib", "sequential": True},
 }
-SMALL = {"policies": ("cp", "tucker2", "tt", "kronecker"), "variants": ("no", "yes", "yes, uniform"),
+SMALL = {"policies": ("cp", "tucker2", "tt", "kronecker"), "variants": ("no", "yes", "yes, global"),
          "calib": 128, "eval": 256, "steps": 300}
 FULL = {"policies": ("cp", "tucker2", "tucker", "tt", "tr", "ht", "kronecker", "semi_tt", "semi_tr",
                      "semi_tucker", "hybrid", "mixed", "auto"), "variants": tuple(VARIANTS),
@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{sum(m.weight.numel() for m in linears(model).values()):,} weights; sentences: "
           f"{len(text['calib'])} calibration, {len(text['eval'])} eval, {len(text['distill'])} distillation")
 
-    rows = [Row("truncated SVD (reference)", "no"), Row("whitened SVD (SVD-LLM, reference)", "yes, uniform")]
+    rows = [Row("truncated SVD (reference)", "no"), Row("whitened SVD (SVD-LLM, reference)", "yes")]
     start = time.perf_counter()
     moments = second_moments(model, calib)
     moment_s = time.perf_counter() - start
@@ -353,9 +353,9 @@ def report_text(args: argparse.Namespace, cfg: dict, steps: int, lines: list[str
              "the original's; '/ whitened': ratio to the whitened SVD at the same budget; params: achieved "
              "fraction of the Linear weights; s: compression seconds (the whitened SVD's include its covariance "
              "pass). adtn rows: `adtn.compress(model, policy, budget=b)`; calibration 'yes': with "
-             "`calibration=` the calibration batches (adtn's default allocation then, 'global'); 'uniform': "
-             "`allocation=\"uniform\"` (every layer the same fraction, as the SVD rows); 'sequential': "
-             "`sequential=True`.")
+             "`calibration=` the calibration batches (default allocation 'uniform': every layer the same "
+             "fraction, as the SVD rows); 'global': `allocation=\"global\"` (layers sized by their whitened "
+             "spectra); 'sequential': `sequential=True`.")
     text = [setup, "", *lines, ""]
     if distilled:
         how = (f"Distillation: {steps} AdamW steps (lr {args.lr}, one-cycle, batch 32) on 1 - cosine to the "
