@@ -549,7 +549,7 @@ def compress(
             types left dense; a name that matches no layer is an error.
         calibration: an input batch: a tensor (``model(x)``), a tuple / list whose first item is
             the input (a loader's ``(x, y)``), or a dict of keyword inputs; or an iterable of
-            such batches (a DataLoader). One pass collects each layer's input covariance
+            such batches (a DataLoader, or a list of dicts / tuples). One pass collects each layer's input covariance
             ``Sigma = E[x x^T]`` (bounded memory): every initialiser then minimises the layer's
             output error on the data instead of its weight error (``adtn.calibration``), and it
             gives each layer's output error, the model's (on the first batch), conv FLOPs at the

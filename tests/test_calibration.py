@@ -277,6 +277,14 @@ def test_compress_takes_a_dataloader():
         torch.testing.assert_close(a(x), b(x), atol=1e-4, rtol=1e-4)
     kwargs, _ = adtn.compress(model, "tucker2", budget=0.3, calibration={"input": x})
     assert isinstance(kwargs[0], adtn.TNLinear)
+    # a plain list of keyword batches or (x, y) pairs is a list of batches, passed over as often as needed
+    for listed in ([{"input": x[i:i + 16]} for i in range(0, 64, 16)], [(x[i:i + 16], None) for i in range(0, 64, 16)]):
+        c, rc = adtn.compress(model, "tucker2", budget=0.3, calibration=listed, sequential=True)
+        d, rd = adtn.compress(model, "tucker2", budget=0.3, calibration=x, sequential=True)
+        for r, s in zip(rc.rows, rd.rows):
+            assert r.calib_error == pytest.approx(s.calib_error, rel=1e-4, abs=1e-6)
+        with torch.no_grad():
+            torch.testing.assert_close(c(x), d(x), atol=1e-4, rtol=1e-4)
 
 
 def test_calibrated_compress_beats_the_plain_one_on_its_data():

@@ -311,3 +311,18 @@ def test_declared_graph_numbers():
     assert load(GRAPHS / "tucker2_conv64_r38.json").num_params == 64 * 38 + 9 * 38 * 38 + 38 * 64
     assert load(GRAPHS / "cp_conv64_r16.json").num_params == 16 * (64 + 64 + 3 + 3)
     assert math.prod(CONV64.values()) / load(GRAPHS / "tucker2_conv64_r38.json").num_params > 2
+
+
+def test_semi_tucker_clip_stops_kernel_ranks_at_the_axis_and_lets_channels_grow():
+    """Without clip a uniform rank on a 3x3 kernel stops at 3 for every axis, so a whole-model
+    budget could not be met (vgg16 at 0.5 ended at 0.75%); with clip the channels keep growing."""
+    axes = {"out": 32, "in": 16, "kh": 3, "kw": 3}
+    with pytest.raises(adtn.AdtnError, match="larger than useful"):
+        semi_tucker_params(axes, rank=8)
+    g = semi_tucker(axes, rank=8, clip=True)
+    assert g.leg_size("u_kh.r") == 3 and g.leg_size("u_out.r") == 4  # R/t with t=2 on the channels
+    assert semi_tucker_params(axes, rank=8, clip=True) == g.num_params
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(32, 32, 3, padding=1))
+    _, report = adtn.compress(model, "semi_tucker", budget=0.5)
+    assert abs(report.fraction - 0.5) <= 0.05

@@ -34,9 +34,9 @@ T = int | Sequence[int] | Mapping[str, int]
 
 
 def _semi_spec(
-    axes: Mapping[str, int], rank: Rank, t: T, compress: Sequence[str] | str | None
+    axes: Mapping[str, int], rank: Rank, t: T, compress: Sequence[str] | str | None, clip: bool = False
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    sizes, ranks = tucker_ranks(axes, rank, compress, "semi_tucker")
+    sizes, ranks = tucker_ranks(axes, rank, compress, "semi_tucker", clip)
     ts = {}
     spread = isinstance(t, int) and not isinstance(t, bool)  # one t for all: axes it does not divide stay plain
     if spread and t > 1 and ranks and all(sizes[ax] % t for ax in ranks):
@@ -58,17 +58,19 @@ def _semi_spec(
 
 
 def semi_tucker_params(
-    axes: Mapping[str, int], *, rank: Rank, t: T = 2, compress: Sequence[str] | str | None = None
+    axes: Mapping[str, int], *, rank: Rank, t: T = 2, compress: Sequence[str] | str | None = None,
+    clip: bool = False,
 ) -> int:
     """Closed-form parameter count: prod(R_k, or I_k if uncompressed) + sum_k (I_k/t_k)(R_k/t_k)."""
-    sizes, ranks, ts = _semi_spec(axes, rank, t, compress)
+    sizes, ranks, ts = _semi_spec(axes, rank, t, compress, clip)
     core = math.prod(ranks.get(ax, n) for ax, n in sizes.items())
     return core + sum((sizes[ax] // ts[ax]) * (r // ts[ax]) for ax, r in ranks.items())
 
 
 @register("semi_tucker", formula=semi_tucker_params, init=init_semi_tucker)
 def semi_tucker(
-    axes: Mapping[str, int], *, rank: Rank, t: T = 2, compress: Sequence[str] | str | None = None
+    axes: Mapping[str, int], *, rank: Rank, t: T = 2, compress: Sequence[str] | str | None = None,
+    clip: bool = False,
 ) -> TensorGraph:
     """Semi-tensor Tucker: factors (I_k/t, R_k/t) acting as U_k (x) I_t on the core's modes.
 
@@ -80,11 +82,13 @@ def semi_tucker(
             not divide, like a 3x3 kernel's, keeps a plain Tucker factor), one per axis, or a
             dict (strict: every value must divide its axis).
         compress: the axes that get a factor (default: all); the others stay full in the core.
+        clip: lower a rank above its axis size to that size (a 3x3 kernel's axes stop at 3 while
+            the channel ranks grow) instead of raising RankError.
 
     Returns:
         A frozen graph: node ``core`` and nodes ``u_<axis>`` of shape (I_k/t_k, R_k/t_k).
     """
-    sizes, ranks, ts = _semi_spec(axes, rank, t, compress)
+    sizes, ranks, ts = _semi_spec(axes, rank, t, compress, clip)
     core: dict[str, int] = {}
     for ax, n in sizes.items():
         if ax not in ranks:
