@@ -448,17 +448,17 @@ def test_multihead_attention_compresses_out_proj_and_reports_in_proj(tmp_path):
 
 
 def test_a_layer_no_network_fits_stays_dense_with_the_reason():
-    """semi_tucker cannot size a 1-channel conv (its t=2 bond needs a rank of 2 on an axis of 1):
-    the whole-model policy keeps that layer dense and says why, instead of failing the model."""
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1))
-    small, report = compress(model, "semi_tucker", budget=0.3)
-    assert isinstance(small[0], nn.Conv2d) and not isinstance(small[2], nn.Conv2d)
+    """semi_tucker's t=2 divides neither axis of a 3 -> 5 linear, so no size fits it: the
+    whole-model policy keeps that layer dense and says why, instead of failing the model."""
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 64))
+    small, report = compress(model, "semi_tucker", budget=0.5)
+    assert isinstance(small[0], nn.Linear) and isinstance(small[2], TNLinear)
     reasons = dict(report.skipped)
-    assert "no network of the policy fits it" in reasons["0"] and "t=2" in reasons["0"]
+    assert "no network of the policy fits it" in reasons["0"] and "t=2 divides none" in reasons["0"]
     assert "0" in str(report)
-    small(torch.randn(2, 1, 8, 8)).sum().backward()
+    small(torch.randn(2, 3)).sum().backward()
 
 
 def test_no_layer_any_network_fits_is_a_clear_error():
     with pytest.raises(AdtnError, match="no layer of Sequential.*can take the policy's networks"):
-        compress(nn.Sequential(nn.Conv2d(1, 16, 3)), "semi_tucker", budget=0.3)
+        compress(nn.Sequential(nn.Linear(3, 5)), "semi_tucker", budget=0.5)
