@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,3 +57,16 @@ def write_section(path: Path, heading: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def interleaved(fns: list, repeats: int) -> list[list[float]]:
+    """Each function's times over ``repeats`` rounds, one call per function per round (after a warm-up)."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return times

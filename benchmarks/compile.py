@@ -27,6 +27,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _results import interleaved
+
 import adtn
 from adtn.models import fc2, lenet5, resnet
 
@@ -54,16 +56,6 @@ def train_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
         model.zero_grad(set_to_none=True)
         model(x).square().mean().backward()
     return run
-
-
-def interleaved(fns: list[Callable[[], None]], repeats: int) -> list[list[float]]:
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return times
 
 
 def first_call(fn: Callable[[], None]) -> float:

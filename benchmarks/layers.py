@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _results import interleaved
 
 import adtn
 from adtn.api import encode
@@ -50,19 +51,6 @@ def step(layer: nn.Module, x: torch.Tensor):
         layer(x).sum().backward()
 
     return run
-
-
-def interleaved(fns: list, repeats: int) -> list[list[float]]:
-    """Each function's times over ``repeats`` rounds, one call per function per round (after a warm-up)."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return times
 
 
 def ratios(times: list[float], base: list[float]) -> tuple[float, float]:
