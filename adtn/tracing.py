@@ -16,6 +16,9 @@ import torch
 __all__ = ["COMPILE_BATCH", "LRUCache", "compiling", "trace_constant", "traced_batch", "tracing"]
 
 
+_MISS = object()
+
+
 class LRUCache(OrderedDict):
     """A dict that keeps its ``maxsize`` most recently used entries (``get`` and stores count as
     use), so a cache keyed by batch size stays bounded however many sizes a model sees."""
@@ -25,10 +28,11 @@ class LRUCache(OrderedDict):
         self.maxsize = maxsize
 
     def get(self, key: Any, default: Any = None) -> Any:
-        if key not in self:
+        hit = OrderedDict.get(self, key, _MISS)  # one lookup on a hit: forward reads these caches every call
+        if hit is _MISS:
             return default
         self.move_to_end(key)
-        return self[key]
+        return hit
 
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)

@@ -527,8 +527,10 @@ class TNLinear(TNLayer):
             x = F.pad(x, (0, self.pads["in"][1] - self.in_features))
         chain = None if plain_ops() or batch == 0 else self._chain(batch)
         if chain is not None:
-            check_fed_input(x, ("in",), self.tn.graph.axis_sizes, self.tn.dtype, f"graph {self.tn.graph.name!r}")
-            y = chain_apply(chain, self.tn._operands({}), x.reshape(batch, -1))
+            ops = self.tn._operands({})
+            if x.dtype != ops[0].dtype:  # the shape is checked above; axis_sizes and tn.dtype cost ~10 us a call
+                check_fed_input(x, ("in",), self.tn.graph.axis_sizes, ops[0].dtype, f"graph {self.tn.graph.name!r}")
+            y = chain_apply(chain, ops, x.reshape(batch, -1))
             y = y.reshape(tuple(x.shape[:-1]) + (-1,))
         else:
             y = self.tn.apply(x, "in")
