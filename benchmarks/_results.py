@@ -7,7 +7,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -59,14 +59,16 @@ def write_section(path: Path, heading: str, body: str) -> None:
     path.write_text(text)
 
 
-def interleaved(fns: list, repeats: int) -> list[list[float]]:
-    """Each function's times over ``repeats`` rounds, one call per function per round (after a warm-up)."""
+def interleaved(fns: list, repeats: int, clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
+    """Each function's times over ``repeats`` rounds, one call per function per round (after a warm-up).
+    ``clock``: wall time by default; ``time.thread_time`` for single-threaded work on a busy machine
+    (the CPU time of this thread, blind to the time other processes hold the cores)."""
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for k, fn in enumerate(fns):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[k].append(time.perf_counter() - start)
+            times[k].append(clock() - start)
     return times

@@ -13,7 +13,11 @@ B7 conv 64->64, 3x3, 32x32, batch 64 (--full; 16 otherwise) at >= 4x compression
    with a channel-separable split A (64, 1, 3, 1), B (1, 64, 1, 3), and with A (64, 1, 3, 3),
    B (1, 64, 1, 1) (a 1x1 conv to R channels, then a 3x3 one); TT and HT in the shape search's
    SVD-like shape (kernel legs on the in core: a 3x3 conv to R channels, then a 1x1 one).
-All float32, 2 threads, forward="auto" (the mode each layer picks is printed).
+S  small layers (TNLinear 64x64 at batch 8, TNConv2d 16->16 3x3 on 2x16x8x8), fwd+bwd: microseconds
+   per call, where Python overhead dominates (no goal; it shows per-call regressions that the large
+   rows hide in noise). One thread, timed in CPU time (``time.thread_time``), so that other
+   processes on the machine barely move it.
+All float32, 2 threads (S: 1), forward="auto" (the mode each layer picks is printed).
 
 Every case runs once per round, round-robin, so that a busy machine slows all alike. Two
 ratios per case: of the best times ("best"), and the median over rounds of the ratio within
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -127,6 +132,38 @@ def conv_rows(rows: list, goals: list, repeats: int, full: bool) -> None:
                      f"{best:.2f} (median {median:.2f}) vs nn.Conv2d", goal))
 
 
+def small_rows(rows: list, repeats: int, calls: int = 50) -> None:
+    """Per-call CPU time of small layers on one thread, ``calls`` fwd+bwd per timed round."""
+    def many(layer: nn.Module, x: torch.Tensor):
+        one = step(layer, x)
+
+        def run() -> None:
+            for _ in range(calls):
+                one()
+        return run
+
+    x, xc = torch.randn(8, 64), torch.randn(2, 16, 8, 8)
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    cases = [("S nn.Linear 64x64, batch 8", nn.Linear(64, 64), x),
+             ("S TT-Linear r4 (4,4,4)", TNLinear(64, 64, template="tt", rank=4, modes=((4, 4, 4), (4, 4, 4))), x)]
+    if "adtn" in adtn.templates.names():
+        cases += [(f"S ADTN depth {d}", TNLinear(64, 64, template="adtn", depth=d), x) for d in (1, 2)]
+    conv_at = len(cases)
+    cases += [("S nn.Conv2d 16->16 3x3, 2x16x8x8", conv, xc),
+              ("S Tucker-2 conv", encode(conv, "tucker2", budget=0.5, init="random"), xc)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = interleaved([many(layer, inp) for _, layer, inp in cases], repeats, clock=time.thread_time)
+    finally:
+        torch.set_num_threads(threads)
+    for k, ((label, layer, inp), t) in enumerate(zip(cases, times)):
+        base, against = (times[0], "nn.Linear") if k < conv_at else (times[conv_at], "nn.Conv2d")
+        best, median = ratios(t, base)
+        rows.append((label, f"{params(layer):,}", mode_of(layer, inp), f"{min(t) / calls * 1e6:.0f} us/call",
+                     f"{best:.2f} (median {median:.2f}) vs {against}", ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -138,6 +175,7 @@ def main() -> None:
     goals: list[tuple[str, str, float, float]] = []
     linear_rows(rows, goals, args.repeats)
     conv_rows(rows, goals, args.repeats, args.full)
+    small_rows(rows, args.repeats)
     head = ("case", "params", "forward", "ms (fwd+bwd)", "ratio", "goal")
     widths = [max(len(str(r[k])) for r in rows + [head]) for k in range(len(head))]
     for r in [head] + rows:
