@@ -278,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--policies", nargs="+", default=None, help="adtn policies to run (default: by size)")
     parser.add_argument("--steps", type=int, default=None, help="distillation steps (0: none)")
     parser.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate")
+    parser.add_argument("--batch", type=int, default=32, help="distillation batch size (sentences)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="a folder with config.json, model.safetensors, vocab.txt (default: the PyPI package's)")
@@ -297,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = splits({"calib": cfg["calib"], "eval": cfg["eval"], "distill": -1})
     calib = unpadded(tok, text["calib"]).to(args.device)  # the SVD-LLM reference and adtn.compress(calibration=...)
     data = on(args.device, batches(tok, text["eval"], 64))
-    train = on(args.device, batches(tok, text["distill"], 32))
+    train = on(args.device, batches(tok, text["distill"], args.batch))
     ref = embed(model, data)
     print(f"all-MiniLM-L6-v2 from {folder}; {len(linears(model))} Linear layers, "
           f"{sum(m.weight.numel() for m in linears(model).values()):,} weights; sentences: "
@@ -372,7 +373,7 @@ def report_text(args: argparse.Namespace, cfg: dict, steps: int, lines: list[str
              "spectra); 'sequential': `sequential=True`.")
     text = [setup, "", *lines, ""]
     if distilled:
-        how = (f"Distillation: {steps} AdamW steps (lr {args.lr}, one-cycle, batch 32) on 1 - cosine to the "
+        how = (f"Distillation: {steps} AdamW steps (lr {args.lr}, one-cycle, batch {args.batch}) on 1 - cosine to the "
                "original's embeddings plus every layer's relative squared error of the token states, over the "
                "other docstring sentences (word embeddings frozen).")
         text += [how, "", "| model | budget | cos before | cos after | seconds |", "|---|---|---:|---:|---:|",
