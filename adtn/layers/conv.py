@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdtnError, ShapeError
-from ..tracing import COMPILE_BATCH
+from ..tracing import COMPILE_BATCH, new_handle
 from .conv_forms import (
     ConvGeometry,
     Work,
@@ -90,6 +90,7 @@ class _TNConvNd(TNLayer):
         **options: Any,
     ) -> None:
         super().__init__()
+        self._trace_handle = new_handle(self)  # how trace_constant functions name this module
         where = type(self).__name__
         axes = self.weight_axes(in_channels, out_channels, kernel_size, groups=groups, padding_mode=padding_mode)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
