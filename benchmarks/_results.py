@@ -7,7 +7,8 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,6 +58,44 @@ def write_section(path: Path, heading: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
+@contextmanager
+def other_load() -> Iterator[list[float]]:
+    """How many cores other processes kept busy while the block ran (this process's CPU time
+    subtracted), in the yielded list once the block ends; empty where it cannot be told. On a
+    shared machine a multi-threaded ratio means little when this leaves fewer free cores than
+    threads: a layer of many small parallel ops waits at every barrier for a descheduled thread,
+    one large GEMM barely does."""
+    found: list[float] = []
+    busy, mine, wall = _busy_seconds(), time.process_time(), time.perf_counter()
+    yield found
+    end = _busy_seconds()
+    if busy is not None and end is not None:
+        used = (end - busy) - (time.process_time() - mine)
+        found.append(max(0.0, used / max(time.perf_counter() - wall, 1e-9)))
+
+
+def contention_note(others: list[float], threads: int) -> str:
+    """A line saying how busy the machine was, and a warning when ``threads`` had no free cores."""
+    if not others:
+        return ""
+    cores = os.cpu_count() or 1
+    note = f"other processes kept {others[0]:.1f} of {cores} cores busy during the run"
+    if others[0] > cores - threads + 0.25:
+        note += (f"; WARNING: fewer than {threads} cores were free, so the {threads}-thread ratios are unreliable "
+                 "(layers of many small ops slow down far more than the dense baseline): rerun on a quiet machine")
+    return note
 
 
 def interleaved(fns: list, repeats: int, clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:

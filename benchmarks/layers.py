@@ -23,7 +23,11 @@ runs every case but S on the GPU (timings synchronise the device; B7 at batch 64
 Every case runs once per round, round-robin, so that a busy machine slows all alike. Two
 ratios per case: of the best times ("best"), and the median over rounds of the ratio within
 the round ("median"; steadier when the machine's load drifts). A goal counts as met on the
-best ratio; the summary at the end lists each goal with both.
+best ratio; the summary at the end lists each goal with both. Round-robin does not save a run
+during which other processes left fewer free cores than threads: a TN layer of many small
+parallel ops then waits at every barrier for a descheduled thread, the dense GEMM barely does
+(B2 measured 0.17 quiet, 2.2 beside two pytest workers, with the same code). The run prints how
+many cores other processes kept busy, with a warning in that case.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _results import interleaved, machine
+from _results import contention_note, interleaved, machine, other_load
 
 import adtn
 from adtn.api import encode
@@ -176,8 +180,9 @@ def main() -> None:
     torch.manual_seed(0)
     rows: list[tuple[str, ...]] = []
     goals: list[tuple[str, str, float, float]] = []
-    linear_rows(rows, goals, args.repeats, args.device)
-    conv_rows(rows, goals, args.repeats, args.full, args.device)
+    with other_load() as others:
+        linear_rows(rows, goals, args.repeats, args.device)
+        conv_rows(rows, goals, args.repeats, args.full, args.device)
     if args.device == "cpu":
         small_rows(rows, args.repeats)
     head = ("case", "params", "forward", "ms (fwd+bwd)", "ratio", "goal")
@@ -186,6 +191,8 @@ def main() -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
     if args.device == "cpu":
         print(f"\nworkspace: {WORKSPACE.nbytes / 2**20:.0f} MiB of reusable CPU buffers held (adtn.plan.WORKSPACE)")
+    if args.device == "cpu" and contention_note(others, 2):
+        print(contention_note(others, 2))
     print("goals (best ratio, median ratio):")
     for label, goal, best, median in goals:
         bound = float(goal.split()[-1])
