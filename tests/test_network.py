@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -176,3 +177,31 @@ def test_pickling_drops_the_plan_cache():
         clone = pickle.loads(pickle.dumps(tn))
         assert isinstance(clone._plans, LRUCache) and not clone._plans
         torch.testing.assert_close(clone.dense(), tn.dense())
+
+
+def test_an_adtn_save_file_with_the_old_gate_keys_loads(tmp_path):
+    torch.manual_seed(3)
+
+    def dense_model() -> nn.Module:
+        return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    model = dense_model()
+    model[0] = adtn.encode(model[0], depth=2)
+    model[2] = adtn.encode(model[2], template="tt", rank=2)
+    path = tmp_path / "model.pt"
+    adtn.save(model, path)
+    payload = torch.load(path, weights_only=True)
+    # the file as written before the network base: gates under "gates.", no template stamp in the DeepTN JSON
+    payload["state_dict"] = {k.replace("0.tn.params.", "0.tn.gates."): v for k, v in payload["state_dict"].items()}
+    payload["versions"] = {k.replace("0.tn.params", "0.tn.gates"): v for k, v in payload["versions"].items()}
+    entry = payload["layers"]["0"]
+    structure = json.loads(entry["structure"])
+    structure.pop("meta")
+    entry["structure"] = json.dumps(structure)
+    assert "0.tn.gates.l0_g0" in payload["state_dict"]
+    torch.save(payload, path)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(adtn.load_into(dense_model(), path)(x), want, rtol=0, atol=0)
+        torch.testing.assert_close(adtn.load(path)(x), want, rtol=0, atol=0)
