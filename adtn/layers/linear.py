@@ -175,12 +175,14 @@ class TNLayer(nn.Module):
             return False
         return not torch.is_grad_enabled() or not any(p.requires_grad for p in self.tn.parameters())
 
-    def _version(self) -> tuple:
+    def _weights_version(self) -> tuple:
+        """The parameters' identities and in-place versions (named so as not to shadow ``nn.Module._version``,
+        which state_dict metadata records)."""
         return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in chain(self.tn.parameters(),
                                                                                   self.tn.buffers()))
 
     def _cached(self) -> bool:
-        return self._cache_ok() and self._weight_cache is not None and self._weight_cache[0] == self._version()
+        return self._cache_ok() and self._weight_cache is not None and self._weight_cache[0] == self._weights_version()
 
     def dense_weight(self) -> torch.Tensor:
         """The weight rebuilt from the network and cropped; cached in eval mode until a parameter changes."""
@@ -190,7 +192,7 @@ class TNLayer(nn.Module):
         if self.pads:
             w = w[tuple(slice(0, n) for n in self.axes.values())]
         if self._cache_ok():
-            self._weight_cache = (self._version(), w)
+            self._weight_cache = (self._weights_version(), w)
         return w
 
     @property
