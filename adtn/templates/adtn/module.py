@@ -15,8 +15,8 @@ Two executors give the same numbers (tests check it):
   a 2^24 state every pass costs 10-70 ms here; a brick-wall layer of 23 gates takes 6 windows
   of 5 legs at Q = 24. Operator 0 starts from the single entry of the empty state and grows
   it window by window (legs not reached yet are still the boundary vectors), so building the
-  first state costs about one pass. Backward passes are hand-written (``kernels.py``) so that no state is
-  transposed into a copy.
+  first state costs about one pass. Backward passes are hand-written (``kernels.py``) so
+  that no state is transposed into a copy.
 
 The 2^Q x 2^Q layer matrices are never formed. The global scale multiplies one gate of the
 last operator (the network is linear in it), so it costs no pass over the state.
@@ -71,6 +71,8 @@ class DeepTNModule(LastOperatorSplit, TNNetwork):
         window: the most neighbouring legs one fused window acts on (its matrix is 2^window wide).
         optimize, memory_limit: passed to ``adtn.plan`` for every operator.
     """
+
+    fallback_init = "random"  # no SVD-family initialiser, and fitting a deep ADTN is slow and rarely gets close
 
     def __init__(
         self,
@@ -132,8 +134,6 @@ class DeepTNModule(LastOperatorSplit, TNNetwork):
             raise AdtnError(f"adtn: the decoded weight at init is not finite (depth {self.deep.depth}, Q {self.deep.q}); "
                             "lower the init noise or pass scale=")
         return target if std == 0.0 else target / std
-
-    fallback_init = "random"  # no SVD-family initialiser, and fitting a deep ADTN is slow and rarely gets close
 
     @classmethod
     def for_layer(cls, structure: DeepTN, *, std: float, dtype: torch.dtype | None, device: Any) -> DeepTNModule:
