@@ -24,7 +24,7 @@ from adtn.models import get_model
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 GPU = "cuda"
-TOL = {torch.float32: 2e-4, torch.float64: 1e-10}
+TOL = {torch.float32: 2e-3, torch.float64: 1e-10}  # float32: cuDNN convolutions use TF32 by default
 
 
 def _layers() -> list[tuple[str, nn.Module, tuple[int, ...]]]:
@@ -88,7 +88,7 @@ def test_encode_on_gpu_weights(template: str) -> None:
     if template != "adtn":
         y_ref = dense.to(GPU)(x)
         e_gpu, e_cpu = _rel(gpu(x), y_ref), _rel(cpu(x.cpu()), y_ref)
-        assert abs(e_gpu - e_cpu) < 1e-3 + 1e-2 * e_cpu, (e_gpu, e_cpu)
+        assert e_gpu < 1.1 * e_cpu + 1e-3, (e_gpu, e_cpu)
 
 
 POLICIES = ["hybrid", "mixed", "tt", "cp", "kronecker", "auto"]
@@ -110,8 +110,10 @@ def test_compress_model_on_gpu_with_calibration(model_name: str, policy: str) ->
     assert all(b.device.type == "cuda" for b in small.buffers())
     y = small(x)
     assert y.device.type == "cuda" and torch.isfinite(y).all()
+    y64 = copy.deepcopy(small).double()(x.double())
+    assert _rel(y, y64) < TOL[torch.float32]
     cpu = copy.deepcopy(small).cpu().double()
-    assert _rel(y, cpu(x.cpu().double())) < 1e-3
+    assert _rel(y64, cpu(x.cpu().double())) < 1e-8
     assert report.rows and str(report)
 
 
@@ -137,9 +139,11 @@ def test_training_step_and_state_dict_round_trip() -> None:
     state = torch.load(buf, map_location="cpu")
     twin, _ = _quiet(adtn.compress, get_model("lenet5"), "hybrid", budget=0.3)
     twin.load_state_dict(state)
+    for (name, p), q in zip(small.state_dict().items(), twin.state_dict().values()):
+        assert q.device.type == "cpu" and torch.equal(p.cpu(), q), name
     small.eval()
     twin.eval()
-    assert _rel(twin(x.cpu()), small(x).detach()) < 1e-4
+    assert _rel(twin.double()(x.cpu().double()), small.double()(x.double())) < 1e-8
 
 
 def test_deep_adtn_trains_on_gpu() -> None:
@@ -161,7 +165,7 @@ def test_torch_compile_inductor_on_gpu(template: str) -> None:
     compiled = torch.compile(layer, fullgraph=True)
     for n in (4, 9):
         x = torch.randn(n, 16, 12, 12, device=GPU)
-        assert _rel(compiled(x), layer(x)) < 1e-4
+        assert _rel(compiled(x), layer(x)) < TOL[torch.float32]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -175,4 +179,4 @@ def test_autocast(dtype: torch.dtype) -> None:
         with torch.autocast("cuda", dtype=dtype):
             y = layer(x)
         assert torch.isfinite(y).all()
-        assert _rel(y.float(), ref) < 3e-2, template
+        assert _rel(y.float(), ref) < 5e-2, template
