@@ -103,7 +103,7 @@ class _TNConvNd(TNLayer):
         sizing = {"rank": rank, "depth": depth, "budget": budget, "modes": modes}
         self._setup(axes, template, structure, forward, device, dtype, sizing, options)
         self._init_bias(bias, device, dtype)
-        self._low_rank_spec = _low_rank_spec(getattr(self.tn, "graph", None))  # forward reads no graph
+        self._low_rank_spec = _low_rank_spec(self.tn.graph)  # forward reads no graph
 
     @classmethod
     def weight_axes(cls, in_channels: int, out_channels: int, kernel_size: Any, groups: int = 1,
@@ -145,7 +145,7 @@ class _TNConvNd(TNLayer):
 
     # ------------------------------------------------------------------ fast forms
     def _params(self) -> Mapping[str, torch.Tensor]:
-        return getattr(self.tn, "params", {})
+        return self.tn.params
 
     def _spatial(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         """Insert the virtual height of a 1-D conv at ``dim``."""
@@ -293,7 +293,7 @@ class _TNConvNd(TNLayer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "_low_rank_spec" not in self.__dict__:  # pickled before it was made at construction
-            self._low_rank_spec = _low_rank_spec(getattr(self.tn, "graph", None))
+            self._low_rank_spec = _low_rank_spec(self.tn.graph)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}")

@@ -107,15 +107,13 @@ def plan_cost(plan: Plan) -> int:
 
 
 def tn_cost(tn: Any, feed: Sequence[str] = (), batch: int | None = None) -> int | None:
-    """Cost of ``tn.dense()`` (no ``feed``) or of streaming a batch on ``feed``; None when ``tn``
-    cannot stream (a deep ADTN past depth 1, or one whose axes are padded to 2^Q)."""
+    """Cost of ``tn.dense()`` (no ``feed``) or of streaming a batch on ``feed``; None when the
+    network ``tn`` cannot stream (a deep ADTN past depth 1, or one whose axes are padded to 2^Q)."""
     feed = tuple(feed)
-    deep = getattr(tn, "deep", None)
-    if deep is None:
-        return plan_cost(tn.plan(feed, batch if feed else None))
-    if not feed:
-        return int(tn.cost().flops) + MEMORY_WEIGHT * 2 * deep.depth * 2**deep.q
-    first = deep.operators[0]
-    if deep.depth > 1 or not deep.exact or not all(ax in first.outputs for ax in feed):
-        return None
-    return plan_cost(tn.plan(0, feed, batch))
+    if feed:
+        p = tn.stream_plan(feed, batch)
+        return None if p is None else plan_cost(p)
+    p = tn.dense_plan()
+    if p is None:  # dense() runs several passes (a deep ADTN's layers)
+        return int(tn.cost().flops) + MEMORY_WEIGHT * tn.dense_traffic()
+    return plan_cost(p)
