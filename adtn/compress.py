@@ -64,7 +64,7 @@ from .calibration.collect import Collected, call, collect, reiterable
 from .errors import AdtnError, RankError, TemplateError
 from .options import resolve, template_params
 from .report import LayerRow, Report, layer_flops
-from .templates import get, names
+from .templates import get, names, policy_members
 from .train import eval_mode
 
 __all__ = ["POLICIES", "compress", "default_candidates"]
@@ -78,9 +78,10 @@ MIN_GAIN = 0.1  # a layer whose network saves less than this share of its parame
 
 
 def default_candidates(kind: str) -> list[str]:
-    """The templates ``auto`` tries on a ``kind`` ("linear" / "conv") layer: all that fit but
-    ``adtn`` (fitting is slow) and ``semi_*``."""
-    return [n for n in names() if kind in get(n).kinds and n != "adtn" and not n.startswith("semi_")]
+    """The templates ``auto`` tries on a ``kind`` ("linear" / "conv") layer: the formats that join
+    the ``auto`` policy there (``Format.policies``; all built-in ones that fit but ``adtn``,
+    whose fitting is slow, and ``semi_*``)."""
+    return policy_members("auto", kind)
 
 
 # ---------------------------------------------------------------------- one layer's sizes
@@ -128,8 +129,7 @@ def _ladder(where: str, module: nn.Module, template: str, opts: Mapping[str, Any
     from .layers import TNConv1d, TNConv2d, TNLinear
 
     t = get(template)
-    params = template_params(t)
-    knob = "rank" if "rank" in params else "depth" if "depth" in params else None
+    knob = t.knob
     if knob is None or t.formula is None:
         raise TemplateError(f"{where}: a budget needs template {t.name!r} to have a size option and a parameter "
                             "formula; give this layer its options (rank=...) in a dict policy")
@@ -141,7 +141,7 @@ def _ladder(where: str, module: nn.Module, template: str, opts: Mapping[str, Any
     spec = resolve(where, template, axes, cls.kind, modes=opts.get("modes"), options=template_opts,
                    nouns=cls.nouns, **{knob: 1})
     kwargs = {k: v for k, v in spec.kwargs.items() if k != knob}
-    if "clip" in params:
+    if t.clip:
         kwargs.setdefault("clip", True)
     ladder = _Ladder(template, knob, spec.axes, kwargs, weight.numel())
     ladder.step = next((r for r in range(1, 65) if ladder.count(r) is not None), 0)
@@ -195,13 +195,11 @@ def _candidates(where: str, value: Any, kind: str, candidates: Sequence[str] | N
     if not isinstance(value, str):
         raise TemplateError(f"{where}: a policy value must be a template or policy name, an options dict or None, "
                             f"got {value!r}")
-    if value == "hybrid":
-        return ["ht" if kind == "linear" else "tt"]
-    if value == "mixed":
-        return ["tucker2", "cp"]
-    if value == "auto":
+    if value == "auto":  # the caller's candidates (or the default pool), plus the formats that always join
         pool = [c for c in (candidates or default_candidates(kind)) if kind in get(c).kinds]
-        return pool + (["cp"] if kind == "linear" and "cp" not in pool else [])
+        return pool + [c for c in policy_members("auto_always", kind) if c not in pool]
+    if value in POLICIES:  # the formats that declare they join this policy on this kind of layer
+        return policy_members(value, kind)
     if value not in names():
         raise TemplateError(f"{where}: unknown policy {value!r}; valid: {_policy_names()}")
     return [value]
@@ -322,8 +320,8 @@ def _build(job: _Job, template: str, value: int | None) -> nn.Module:
         if job.calib is not None:
             opts["calibration"] = job.calib
         if value is not None:
-            opts[_knob(template)] = value
-            if "clip" in template_params(get(template)):
+            opts[get(template).knob] = value
+            if get(template).clip:
                 opts.setdefault("clip", True)
         try:
             job.built[key] = _encode(job.module, template, **opts)
@@ -337,10 +335,8 @@ def _searched(job: _Job, template: str, value: int | None, opts: dict[str, Any])
     parameters ``value`` gives the default shape, in the shape with the lowest error there
     (``adtn.shapes.search``, ranked by output error on the calibration input when there is one);
     None when the shape is forced or the search finds no shape within those parameters."""
-    from .shapes import SEARCHABLE
-
-    forced = any(opts.get(k) is not None for k in ("modes", "factors", "d"))
-    if opts.get("shape") != "auto" or value is None or template not in SEARCHABLE or forced:
+    fmt = get(template)
+    if opts.get("shape") != "auto" or value is None or not fmt.searchable or fmt.forced(opts):
         return None
     ladder = job.ladders.get(template)
     count = ladder.count(value) if ladder is not None else None
@@ -353,10 +349,6 @@ def _searched(job: _Job, template: str, value: int | None, opts: dict[str, Any])
         return _encode(job.module, template, **opts)
     except AdtnError:
         return None
-
-
-def _knob(template: str) -> str:
-    return "rank" if "rank" in template_params(get(template)) else "depth"
 
 
 def _prepare(job: _Job) -> None:
