@@ -169,9 +169,11 @@ class _TNConvNd(TNLayer):
         """The name of this layer's fast conv form, if it has one and it is exact."""
         if self.pads:
             return None
-        if self._low_rank() is not None:
-            return "low_rank"
         form = self._format_form()
+        if form is not None and getattr(form, "before_low_rank", False):
+            return form.name
+        if self._low_rank() is not None:  # runs the same or fewer convs than the built-in forms
+            return "low_rank"
         return None if form is None else form.name
 
     def _fast_cost(self, form: str, n: int, h: int, w: int) -> Work:

@@ -87,6 +87,8 @@ def options_key(options: Mapping[str, Any]) -> str:
         a, b = options["factors"]
         return repr((tuple(dict(a).values()) if isinstance(a, Mapping) else tuple(a),
                      tuple(dict(b).values()) if isinstance(b, Mapping) else tuple(b)))
+    if "modes" not in options:  # a format shaped by other options (or by none)
+        return repr(sorted((k, repr(v)) for k, v in options.items()))
     out, inn = options["modes"]
     return repr((tuple(out), tuple(inn), options.get("t"), options.get("kernel_with")))
 

@@ -76,6 +76,8 @@ def _fmt(options: Mapping[str, Any]) -> str:
     if "factors" in options:
         a, b = options["factors"]
         return f"factors={tuple(dict(a).values())}x{tuple(dict(b).values())}"
+    if "modes" not in options:  # a format shaped by other options (or by none)
+        return " ".join(f"{k}={v}" for k, v in options.items()) or "shape"
     out, inn = options["modes"]
     t = f" t={options['t']}" if options.get("t") else ""
     kernel = f" kernel_with={options['kernel_with']}" if options.get("kernel_with") is not None else ""

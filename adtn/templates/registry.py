@@ -30,7 +30,9 @@ class ConvForm(Protocol):
 
     ``name`` is what ``layer.flops`` / ``choose_forward`` report; ``applies(layer)`` says whether
     the layer's network has the form (exactly); ``cost(layer, n, h, w)`` is its ``Work`` on a
-    2-D batch (N, C, H, W); ``run(layer, x)`` computes the conv (bias included) on such a batch."""
+    2-D batch (N, C, H, W); ``run(layer, x)`` computes the conv (bias included) on such a batch.
+    Where the generic low-rank form (U (out) x V (in, kh, kw): two convs) also applies, it is
+    taken unless the form sets ``before_low_rank = True``."""
 
     name: str
 
