@@ -45,7 +45,7 @@ from .errors import AdtnError, ShapeError
 from .initializers import fixed_tensor, identity_like
 from .module import PLANS, Buffers, check_fed_input, feed_axes
 from .plan import WORKSPACE, Cost, Plan, execute, plain_ops, plan
-from .tracing import LRUCache, trace_constant, traced_batch
+from .tracing import LRUCache, by_handle, new_handle, trace_constant, traced_batch
 
 __all__ = ["DeepTNModule", "GateInit"]
 
@@ -85,6 +85,7 @@ class DeepTNModule(nn.Module):
         memory_limit: int | None = None,
     ) -> None:
         super().__init__()
+        self._trace_handle = new_handle(self)  # how trace_constant functions name this module
         if not isinstance(deep, DeepTN):
             raise AdtnError(f"DeepTNModule needs a DeepTN (adtn.templates.adtn.build), got {type(deep).__name__}")
         dtype = dtype or torch.get_default_dtype()
@@ -135,7 +136,7 @@ class DeepTNModule(nn.Module):
     # ------------------------------------------------------------------ planning
     def plan(self, layer: int, feed: Sequence[str] = (), batch: int | None = None) -> Plan:
         """The (cached) plan of operator ``layer`` with inputs on ``feed`` axes."""
-        return _operator_plan(self, layer, tuple(feed), traced_batch(batch))
+        return _operator_plan(self._trace_handle, layer, tuple(feed), traced_batch(batch))
 
     def cost(self, batch: int | None = None, axis: str | Sequence[str] | None = None) -> Cost:
         """FLOPs, largest intermediate and parameters of ``dense()`` or of ``apply`` on ``axis``."""
@@ -365,6 +366,7 @@ class DeepTNModule(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Modules pickled before the bounded plan cache and the plain forward data get them here."""
         super().__setstate__(state)
+        self._trace_handle = new_handle(self)
         if not isinstance(self._plans, LRUCache):
             self._plans = LRUCache(PLANS)
         if "_legs" not in self.__dict__:
@@ -381,8 +383,10 @@ class DeepTNModule(nn.Module):
 
 
 @trace_constant
-def _operator_plan(module: DeepTNModule, layer: int, feed: tuple[str, ...], batch: int | None) -> Plan:
-    """``DeepTNModule.plan``, in plain Python even while torch.compile traces (see ``trace_constant``)."""
+def _operator_plan(handle: int, layer: int, feed: tuple[str, ...], batch: int | None) -> Plan:
+    """``DeepTNModule.plan`` of the module ``handle`` names, in plain Python even while torch.compile
+    traces (see ``trace_constant``)."""
+    module = by_handle(handle)
     key = (layer, feed, batch)
     hit = module._plans.get(key)
     if hit is None:

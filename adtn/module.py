@@ -22,7 +22,7 @@ from .errors import AdtnError, GraphError, ShapeError
 from .graph import TensorGraph
 from .initializers import InitSpec, fixed_tensor, initial_tensors
 from .plan import Cost, Plan, execute, plan
-from .tracing import LRUCache, compiling, trace_constant, traced_batch
+from .tracing import LRUCache, by_handle, compiling, new_handle, trace_constant, traced_batch
 
 __all__ = ["PLANS", "Buffers", "TNModule", "check_fed_input", "feed_axes"]
 
@@ -69,6 +69,7 @@ class TNModule(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
+        self._trace_handle = new_handle(self)  # how trace_constant functions name this module
         self.graph = graph.freeze()
         self.optimize = optimize
         self.memory_limit = memory_limit
@@ -90,7 +91,7 @@ class TNModule(nn.Module):
     # ------------------------------------------------------------------ planning
     def plan(self, feed: Sequence[str] = (), batch: int | None = None) -> Plan:
         """The (cached) contraction plan for inputs on ``feed`` axes with this batch size."""
-        return _module_plan(self, tuple(feed), traced_batch(batch))
+        return _module_plan(self._trace_handle, tuple(feed), traced_batch(batch))
 
     def cost(self, batch: int | None = None, axis: str | Sequence[str] | None = None) -> Cost:
         """FLOPs, largest intermediate and parameters of ``dense()`` or of ``apply`` on ``axis``."""
@@ -236,6 +237,7 @@ class TNModule(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Objects pickled before the plain forward data and bounded caches existed get them here."""
         super().__setstate__(state)
+        self._trace_handle = new_handle(self)
         if not isinstance(self._plans, LRUCache):
             self._plans = LRUCache(PLANS)
         if "_axis_legs" not in self.__dict__:
@@ -272,8 +274,10 @@ def check_fed_input(
 
 
 @trace_constant
-def _module_plan(module: TNModule, feed: tuple[str, ...], batch: int | None) -> Plan:
-    """``TNModule.plan``, in plain Python even while torch.compile traces (see ``trace_constant``)."""
+def _module_plan(handle: int, feed: tuple[str, ...], batch: int | None) -> Plan:
+    """``TNModule.plan`` of the module ``handle`` names, in plain Python even while torch.compile
+    traces (see ``trace_constant``)."""
+    module = by_handle(handle)
     key = (feed, batch)
     hit = module._plans.get(key)
     if hit is None:

@@ -8,12 +8,15 @@ traces, planning must not enter the graph (it walks networkx graphs and runs opt
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections import OrderedDict
 from typing import Any
 
 import torch
 
-__all__ = ["COMPILE_BATCH", "LRUCache", "compiling", "trace_constant", "traced_batch", "tracing"]
+__all__ = ["COMPILE_BATCH", "LRUCache", "by_handle", "compiling", "new_handle", "trace_constant", "traced_batch",
+           "tracing"]
 
 
 class LRUCache(OrderedDict):
@@ -61,11 +64,30 @@ def tracing() -> bool:
 def trace_constant(fn: Any) -> Any:
     """Mark ``fn`` so that ``torch.compile`` runs it in plain Python while tracing and takes its
     result as a constant (``torch.compiler.assume_constant_result``): planning (networkx,
-    opt_einsum) then never enters the graph. Its arguments must be modules, graphs or constants,
-    never symbolic sizes (see ``traced_batch``). The flag is set by hand because calling the
+    opt_einsum) then never enters the graph. Its arguments must be constants (a module goes as its
+    ``new_handle``), never symbolic sizes (see ``traced_batch``). The flag is set by hand because calling the
     decorator imports dynamo (~0.7 s) on every ``import adtn``."""
     fn._dynamo_marked_constant = True
     return fn
+
+
+_BY_HANDLE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_HANDLES = itertools.count(1)
+
+
+def new_handle(obj: Any) -> int:
+    """A process-unique int naming ``obj`` for the ``trace_constant`` functions. Dynamo passes an int
+    to them as a constant on every torch version, a module not always (torch 2.11:
+    "UnspecializedNNModuleVariable is not a constant"). Assign it in ``__init__`` and again in
+    ``__setstate__``, so that copies and unpickled modules get their own."""
+    handle = next(_HANDLES)
+    _BY_HANDLE[handle] = obj
+    return handle
+
+
+def by_handle(handle: int) -> Any:
+    """The live object ``new_handle`` named ``handle``."""
+    return _BY_HANDLE[handle]
 
 
 def traced_batch(batch: Any) -> int | None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 
-def machine() -> str:
-    """'2-core CPU (x86_64, Linux)' or the GPU's name."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+def machine(device: str | None = None) -> str:
+    """'2-core CPU (x86_64, Linux)' or the GPU's name (the GPU when ``device`` is None and one is present)."""
+    if torch.cuda.is_available() and device != "cpu":
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     return f"{os.cpu_count()}-core CPU ({platform.machine()}, {platform.system()}), torch {torch.__version__}"
 
 
@@ -60,13 +60,17 @@ def write_section(path: Path, heading: str, body: str) -> None:
 
 
 def interleaved(fns: list, repeats: int) -> list[list[float]]:
-    """Each function's times over ``repeats`` rounds, one call per function per round (after a warm-up)."""
+    """Each function's times over ``repeats`` rounds, one call per function per round (after a
+    warm-up); the GPU, if any, is synchronised around each call so that its work is timed."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for fn in fns:
         fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for k, fn in enumerate(fns):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[k].append(time.perf_counter() - start)
     return times

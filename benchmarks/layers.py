@@ -13,7 +13,8 @@ B7 conv 64->64, 3x3, 32x32, batch 64 (--full; 16 otherwise) at >= 4x compression
    with a channel-separable split A (64, 1, 3, 1), B (1, 64, 1, 3), and with A (64, 1, 3, 3),
    B (1, 64, 1, 1) (a 1x1 conv to R channels, then a 3x3 one); TT and HT in the shape search's
    SVD-like shape (kernel legs on the in core: a 3x3 conv to R channels, then a 1x1 one).
-All float32, 2 threads, forward="auto" (the mode each layer picks is printed).
+All float32, 2 threads, forward="auto" (the mode each layer picks is printed). ``--device cuda``
+runs every case on the GPU (timings synchronise the device; B7 at batch 64).
 
 Every case runs once per round, round-robin, so that a busy machine slows all alike. Two
 ratios per case: of the best times ("best"), and the median over rounds of the ratio within
@@ -33,7 +34,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _results import interleaved
+from _results import interleaved, machine
 
 import adtn
 from adtn.api import encode
@@ -66,10 +67,10 @@ def mode_of(layer: nn.Module, x: torch.Tensor) -> str:
     return layer.choose_forward(tuple(x.shape)).form if hasattr(layer, "choose_forward") else "-"
 
 
-def linear_rows(rows: list, goals: list, repeats: int) -> None:
+def linear_rows(rows: list, goals: list, repeats: int, device: str) -> None:
     import tltorch
 
-    x = torch.randn(128, 4096)
+    x = torch.randn(128, 4096, device=device)
     modes = (8, 8, 8, 8)
     cases = [("nn.Linear 4096x4096", nn.Linear(4096, 4096), "", "")]
     for impl in ("factorized", "reconstructed"):
@@ -83,7 +84,7 @@ def linear_rows(rows: list, goals: list, repeats: int) -> None:
             cases.append((label, TNLinear(4096, 4096, template="adtn", depth=depth), "nn.Linear", goal))
         else:
             missing.append((label, "", "", "n/a", "template 'adtn' not registered", goal))
-    times = interleaved([step(layer, x) for _, layer, _, _ in cases], repeats)
+    times = interleaved([step(layer.to(device), x) for _, layer, _, _ in cases], repeats)
     which = 1 if min(times[1]) <= min(times[2]) else 2
     base = {"nn.Linear": times[0], "tltorch": times[which]}
     for (label, layer, against, goal), t in zip(cases, times):
@@ -101,9 +102,9 @@ def linear_rows(rows: list, goals: list, repeats: int) -> None:
     rows.extend(missing)
 
 
-def conv_rows(rows: list, goals: list, repeats: int, full: bool) -> None:
-    batch = 64 if full else 16
-    x = torch.randn(batch, 64, 32, 32)
+def conv_rows(rows: list, goals: list, repeats: int, full: bool, device: str) -> None:
+    batch = 64 if full or device != "cpu" else 16
+    x = torch.randn(batch, 64, 32, 32, device=device)
     conv = nn.Conv2d(64, 64, 3, padding=1)
     cases = [(f"nn.Conv2d 64->64 3x3, batch {batch}", conv, "")]
     for label, template, options in [
@@ -118,7 +119,7 @@ def conv_rows(rows: list, goals: list, repeats: int, full: bool) -> None:
         layer = encode(conv, template, budget=0.25, init="random", **options)
         assert isinstance(layer, TNConv2d)
         cases.append((label, layer, "<= 0.6"))
-    times = interleaved([step(layer, x) for _, layer, _ in cases], repeats)
+    times = interleaved([step(layer.to(device), x) for _, layer, _ in cases], repeats)
     for (label, layer, goal), t in zip(cases, times):
         best, median = ratios(t, times[0])
         if goal:
@@ -131,18 +132,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--full", action="store_true", help="B7 at batch 64 (default 16 to keep the run short)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    print(f"device: {machine(args.device)}")
     torch.set_num_threads(2)
     torch.manual_seed(0)
     rows: list[tuple[str, ...]] = []
     goals: list[tuple[str, str, float, float]] = []
-    linear_rows(rows, goals, args.repeats)
-    conv_rows(rows, goals, args.repeats, args.full)
+    linear_rows(rows, goals, args.repeats, args.device)
+    conv_rows(rows, goals, args.repeats, args.full, args.device)
     head = ("case", "params", "forward", "ms (fwd+bwd)", "ratio", "goal")
     widths = [max(len(str(r[k])) for r in rows + [head]) for k in range(len(head))]
     for r in [head] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
-    print(f"\nworkspace: {WORKSPACE.nbytes / 2**20:.0f} MiB of reusable CPU buffers held (adtn.plan.WORKSPACE)")
+    if args.device == "cpu":
+        print(f"\nworkspace: {WORKSPACE.nbytes / 2**20:.0f} MiB of reusable CPU buffers held (adtn.plan.WORKSPACE)")
     print("goals (best ratio, median ratio):")
     for label, goal, best, median in goals:
         bound = float(goal.split()[-1])

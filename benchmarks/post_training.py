@@ -36,6 +36,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from _minilm import INSTALL, load_minilm, model_dir
@@ -75,6 +76,9 @@ class Batches:
     def __init__(self, items: list[Batch]) -> None:
         self.items = items
 
+    def to(self, device: torch.device | str) -> Batches:
+        return Batches(on(device, self.items))
+
     def __iter__(self) -> Iterator[Batch]:
         return iter(self.items)
 
@@ -86,6 +90,11 @@ def unpadded(tok, texts: Sequence[str]) -> Batches:
     for t in texts:
         groups.setdefault(len(tok.encode(t)), []).append(t)
     return Batches([tok.batch(groups[n]) for n in sorted(groups)])
+
+
+def on(device: torch.device | str, data: list[Batch]) -> list[Batch]:
+    """The batches with their tensors on ``device``."""
+    return [{k: v.to(device) for k, v in b.items()} for b in data]
 
 
 @torch.no_grad()
@@ -151,7 +160,8 @@ def low_rank(model: nn.Module, budget: float, moments: dict[str, Tensor] | None 
             approx = (u[:, :r] * s[:r]) @ vh[:r]
         else:
             sigma = moments[name]
-            sigma = sigma + DAMPING * sigma.diagonal().mean() * torch.eye(len(sigma), dtype=sigma.dtype)
+            sigma = sigma + DAMPING * sigma.diagonal().mean() * torch.eye(len(sigma), dtype=sigma.dtype,
+                                                                           device=sigma.device)
             chol = torch.linalg.cholesky(sigma)  # Sigma = L L^T, so ||(W - A) X|| = ||(W - A) L||
             u, s, vh = torch.linalg.svd(w @ chol, full_matrices=False)
             approx = torch.linalg.solve_triangular(chol, (u[:, :r] * s[:r]) @ vh[:r], upper=False, left=False)
@@ -268,24 +278,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--policies", nargs="+", default=None, help="adtn policies to run (default: by size)")
     parser.add_argument("--steps", type=int, default=None, help="distillation steps (0: none)")
     parser.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="a folder with config.json, model.safetensors, vocab.txt (default: the PyPI package's)")
     args = parse(parser, argv)
     cfg = FULL if args.full else SMALL
     policies = tuple(args.policies or cfg["policies"])
     steps = cfg["steps"] if args.steps is None else args.steps
     try:
-        model_dir()
+        folder = args.model_dir or model_dir()
     except ImportError as err:
         print(f"post_training.py: {err}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    model, tok = load_minilm()
+    model, tok = load_minilm(folder)
+    model.to(args.device)
     text = splits({"calib": cfg["calib"], "eval": cfg["eval"], "distill": -1})
-    calib = unpadded(tok, text["calib"])  # the SVD-LLM reference and adtn.compress(calibration=...)
-    data = batches(tok, text["eval"], 64)
-    train = batches(tok, text["distill"], 32)
+    calib = unpadded(tok, text["calib"]).to(args.device)  # the SVD-LLM reference and adtn.compress(calibration=...)
+    data = on(args.device, batches(tok, text["eval"], 64))
+    train = on(args.device, batches(tok, text["distill"], 32))
     ref = embed(model, data)
-    print(f"all-MiniLM-L6-v2 from {model_dir()}; {len(linears(model))} Linear layers, "
+    print(f"all-MiniLM-L6-v2 from {folder}; {len(linears(model))} Linear layers, "
           f"{sum(m.weight.numel() for m in linears(model).values()):,} weights; sentences: "
           f"{len(text['calib'])} calibration, {len(text['eval'])} eval, {len(text['distill'])} distillation")
 
@@ -343,7 +357,7 @@ def report_text(args: argparse.Namespace, cfg: dict, steps: int, lines: list[str
                 total: float) -> str:
     """The results section: setup, the table, the distillation."""
     policies = f" --policies {' '.join(args.policies)}" if args.policies else ""
-    setup = (f"{datetime.date.today()}, {machine()}, `python benchmarks/post_training.py{run_flags(args)}{policies}` "
+    setup = (f"{datetime.date.today()}, {machine(args.device)}, `python benchmarks/post_training.py{run_flags(args)}{policies}` "
              f"({total:.0f} s, {torch.get_num_threads()} threads). Model: all-MiniLM-L6-v2 (`{INSTALL}`; the "
              "plain-torch BERT of `benchmarks/_minilm.py` matches transformers' BertModel + mean pooling to 2e-7, "
              "its WordPiece matches the shipped tokenizer.json on all 7,530 sentences). Every nn.Linear of the "

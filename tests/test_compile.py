@@ -163,3 +163,26 @@ def test_tn_module_apply_and_dense_compile():
         x = torch.randn(batch, 24)
         torch.testing.assert_close(apply(x), module.apply(x, "in"))
     torch.testing.assert_close(dense(), module.dense())
+
+
+def test_trace_handles_name_each_copy():
+    """The planning functions torch.compile runs in plain Python receive a module's handle (an int,
+    a constant to dynamo on every torch version; torch 2.11 refused a module there). A copy or an
+    unpickled module gets its own handle, so no copy plans with another's caches."""
+    import copy
+    import io
+
+    from adtn.tracing import by_handle
+
+    layer = adtn.encode(nn.Linear(16, 12), "tt", rank=2)
+    twin = copy.deepcopy(layer)
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    for module in (layer, twin, loaded):
+        for m in (module, module.tn):
+            assert isinstance(m._trace_handle, int) and by_handle(m._trace_handle) is m
+    assert len({m._trace_handle for m in (layer, twin, loaded)}) == 3
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(loaded(x), layer(x))

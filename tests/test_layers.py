@@ -736,3 +736,31 @@ def test_conv_rejects_input_of_the_wrong_rank_or_channels():
         conv(torch.randn(8, 6))
     with pytest.raises(ShapeError, match=r"unbatched \(8, L\), got \(2, 3, 9\)"):
         TNConv1d(8, 6, 3, template="tucker2", rank=2)(torch.randn(2, 3, 9))
+
+
+@pytest.mark.parametrize("template", adtn.templates.names())
+def test_state_dict_loads_with_weights_only(template):
+    """A TN layer's state_dict holds tensors and plain metadata only, so ``torch.load`` with its
+    default ``weights_only=True`` reads it (a method once shadowed ``nn.Module._version``, which
+    the metadata records, and pickled the whole layer into the file)."""
+    import io
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layers = [adtn.encode(nn.Linear(32, 24), template, budget=0.5),
+                  adtn.encode(nn.Conv2d(8, 12, 3), template, budget=0.5)]
+    for layer in layers:
+        state = layer.state_dict()
+        assert all(isinstance(v, int) for meta in state._metadata.values() for v in meta.values())
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        buf.seek(0)
+        loaded = torch.load(buf)
+        twin = copy.deepcopy(layer)
+        for p in twin.parameters():
+            p.data.zero_()
+        twin.load_state_dict(loaded)
+        x = torch.randn((2, 32) if isinstance(layer, adtn.TNLinear) else (2, 8, 7, 7))
+        torch.testing.assert_close(twin(x), layer(x))

@@ -27,7 +27,7 @@ from torch import nn
 from ..conv_ops import ConvGeometry, Work, tucker_conv, tucker_cost, unfold_input
 from ..errors import AdtnError, ShapeError
 from ..templates.registry import TEMPLATES
-from ..tracing import COMPILE_BATCH
+from ..tracing import COMPILE_BATCH, new_handle
 from .forward import MEMORY_WEIGHT, Choice, choose, tn_cost
 from .linear import TNLayer
 
@@ -77,6 +77,7 @@ class _TNConvNd(TNLayer):
         **options: Any,
     ) -> None:
         super().__init__()
+        self._trace_handle = new_handle(self)  # how trace_constant functions name this module
         where = type(self).__name__
         axes = self.weight_axes(in_channels, out_channels, kernel_size, groups=groups, padding_mode=padding_mode)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)

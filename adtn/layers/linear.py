@@ -33,7 +33,7 @@ from ..options import resolve
 from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
 from ..tolerance import tol_structure
-from ..tracing import COMPILE_BATCH, LRUCache, compiling, trace_constant, tracing
+from ..tracing import COMPILE_BATCH, LRUCache, by_handle, compiling, new_handle, trace_constant, tracing
 from .chain import ChainPlan, chain_apply, chain_plan
 from .forward import ACTIVATION_WEIGHT, Choice, check_mode, choose, tn_cost
 from .initialize import INITS, initialize
@@ -194,12 +194,14 @@ class TNLayer(nn.Module):
             return False
         return not torch.is_grad_enabled() or not any(p.requires_grad for p in self.tn.parameters())
 
-    def _version(self) -> tuple:
+    def _weights_version(self) -> tuple:
+        """The parameters' identities and in-place versions (named so as not to shadow ``nn.Module._version``,
+        which state_dict metadata records)."""
         return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in chain(self.tn.parameters(),
                                                                                   self.tn.buffers()))
 
     def _cached(self) -> bool:
-        return self._cache_ok() and self._weight_cache is not None and self._weight_cache[0] == self._version()
+        return self._cache_ok() and self._weight_cache is not None and self._weight_cache[0] == self._weights_version()
 
     def dense_weight(self) -> torch.Tensor:
         """The weight rebuilt from the network and cropped; cached in eval mode until a parameter changes."""
@@ -209,7 +211,7 @@ class TNLayer(nn.Module):
         if self.pads:
             w = w[tuple(slice(0, n) for n in self.axes.values())]
         if self._cache_ok():
-            self._weight_cache = (self._version(), w)
+            self._weight_cache = (self._weights_version(), w)
         return w
 
     @property
@@ -225,8 +227,8 @@ class TNLayer(nn.Module):
         nominal shape ``compile_key`` with the weight not cached: the batch may be symbolic there, and
         one graph then serves every batch size."""
         if tracing():
-            return _traced_choice(self, self.compile_key, False, self.forward_mode)
-        return _traced_choice(self, key, self._cached(), self.forward_mode)
+            return _traced_choice(self._trace_handle, self.compile_key, False, self.forward_mode)
+        return _traced_choice(self._trace_handle, key, self._cached(), self.forward_mode)
 
     def flops(self, shape: Sequence[int]) -> tuple[int, str]:
         """(FLOPs, form) of ``forward`` on an input of ``shape``: multiply-adds x 2 over the whole
@@ -267,6 +269,7 @@ class TNLayer(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Layers pickled before the caches were bounded get bounded ones."""
         super().__setstate__(state)
+        self._trace_handle = new_handle(self)
         self._choices, self._chains = LRUCache(CHOICES), LRUCache(CHOICES)
 
     @classmethod
@@ -435,6 +438,7 @@ class TNLinear(TNLayer):
         **options: Any,
     ) -> None:
         super().__init__()
+        self._trace_handle = new_handle(self)  # how trace_constant functions name this module
         self.in_features, self.out_features = int(in_features), int(out_features)
         sizing = {"rank": rank, "depth": depth, "budget": budget, "modes": modes}
         self._setup(self.weight_axes(in_features, out_features), template, structure, forward, device, dtype,
@@ -543,10 +547,11 @@ class TNLinear(TNLayer):
 
 
 @trace_constant
-def _traced_choice(layer: TNLayer, key: tuple, cached: bool, mode: str) -> Choice:
-    """``layer``'s forward choice for ``key``, from its cache or ``_decide``; plain Python even while
-    torch.compile traces (``trace_constant``), where ``mode`` (an argument, not read from the layer
-    here) makes the compiled graph guard on the forward mode."""
+def _traced_choice(handle: int, key: tuple, cached: bool, mode: str) -> Choice:
+    """The forward choice for ``key`` of the layer ``handle`` names, from its cache or ``_decide``;
+    plain Python even while torch.compile traces (``trace_constant``), where ``mode`` (an argument,
+    not read from the layer here) makes the compiled graph guard on the forward mode."""
+    layer = by_handle(handle)
     hit = layer._choices.get((key, cached, mode))
     if hit is None:
         hit = layer._choices[(key, cached, mode)] = layer._decide(key, cached)
