@@ -127,7 +127,8 @@ def _refine(graph: TensorGraph, tensors: Mapping[str, Tensor], dense: Tensor, fa
 
 def calibrated_init(template: str, dense: Tensor, axes: Mapping[str, int], cov: Covariance, *,
                     steps: int = REFINE_STEPS, **options: Any) -> tuple[TensorGraph, dict[str, Tensor]]:
-    """The template's ``init`` at ``options`` made data-aware (see the module doc).
+    """The format's decompose at ``options`` made data-aware: the format's own ``calibrated``
+    hook when it has one, else the generic algorithm of the module doc.
 
     Args:
         template: a registered template with an ``init``.
@@ -138,8 +139,10 @@ def calibrated_init(template: str, dense: Tensor, axes: Mapping[str, int], cov: 
     """
     from ..templates.init_common import contract
 
-    init = get(template).init
-    graph, base = init(dense, axes, **options)
+    fmt = get(template)
+    if fmt.calibrated is not None:  # the format's own data-aware decompose
+        return fmt.calibrated(dense, axes, cov, steps=steps, **options)
+    graph, base = fmt.decompose(dense, axes, **options)
     cov = cov.to(dense.device)
     tried = [base]
     whitened = _whitened(template, dense, axes, cov, graph, options)

@@ -29,7 +29,7 @@ from torch import nn
 from ..compiler import network_class
 from ..errors import AdtnError, ShapeError
 from ..network import TNNetwork, check_fed_input
-from ..options import resolve, template_params
+from ..options import resolve
 from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
 from ..tolerance import tol_structure
@@ -270,7 +270,7 @@ class TNLayer(nn.Module):
         if choice is not None:
             rank, budget, modes = choice.rank, None, choice.options.get("modes")
             options.update({k: v for k, v in choice.options.items() if k != "modes"})
-            if "clip" in template_params(get(template)):
+            if get(template).clip:
                 options["clip"] = True
             if choice.axes is not None:  # a zero-padded shape: the network is built on the padded axes
                 structure = get(template).build(choice.axes, rank=rank, **{**options, **choice.options})
@@ -317,29 +317,30 @@ def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weig
     """The ``ShapeChoice`` of ``shape="auto"``, or None for the fixed rule; pops ``shape`` and
     ``calibration`` from ``options``.
 
-    ``shape`` not given means ``"auto"`` when it is safe: ``budget=`` is given, no ``modes=`` /
-    ``factors=`` / ``d=`` / ``kernel_with=``, the template is searchable and the network is initialised from the
+    ``shape`` not given means ``"auto"`` when it is safe: ``budget=`` is given, none of the format's
+    shape options (``modes=``, ``factors=``, ``d=``, ``kernel_with=``), the format is searchable and the network is initialised from the
     weight (``init`` "auto" or "decompose"). ``rank=``, ``tol=`` or ``init="random"`` keep the
     fixed rule, as do ``shape="default"`` and ``shape=None``. ``cov``: the covariance of the
     layer's calibration inputs; the search then ranks its finalists by the layer's output error
     on them (the relative error of ``layer(x)``, bias included, as ``adtn.compress`` reports it).
     """
-    from ..shapes import SEARCHABLE, search
+    from ..shapes import search, searchable
 
     if tol is not None:  # tol= searches its own shape (api.tol_structure)
         return None
     shape = options.pop("shape", "unset")
     if shape not in SHAPES + ("unset",):
         raise AdtnError(f"{where}: shape must be 'auto', 'default' or None, got {shape!r}")
-    forced = modes is not None or any(options.get(k) is not None for k in ("factors", "d", "kernel_with"))
+    fmt = get(template)
+    forced = fmt.forced(options, modes)
     if shape == "unset":
-        safe = (budget is not None and tol is None and rank is None and not forced and template in SEARCHABLE
+        safe = (budget is not None and tol is None and rank is None and not forced and fmt.searchable
                 and init in ("auto", "decompose") and not weight.is_meta)
         shape = "auto" if safe else None
     if shape != "auto" or forced:
         return None  # modes= / factors= / d= / kernel_with= force the shape
-    if template not in SEARCHABLE:
-        raise AdtnError(f"{where}: shape='auto' supports templates {list(SEARCHABLE)}, got {template!r}; "
+    if not fmt.searchable:
+        raise AdtnError(f"{where}: shape='auto' supports templates {searchable()}, got {template!r}; "
                         "pass modes= or factors= instead")
     if budget is None or tol is not None:
         raise AdtnError(f"{where}: shape='auto' needs budget= (a fraction of the dense parameters), got "

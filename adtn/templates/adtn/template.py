@@ -99,7 +99,7 @@ def adtn_params(
     return 4 * b + 16 * (q - 1 - b) + 16 * (q - 1) * (depth - 1) + int(bool(learn_scale))
 
 
-@register("adtn", formula=adtn_params, kinds=("linear", "conv"))
+@register("adtn", formula=adtn_params, kinds=("linear", "conv"), example=({"out": 8, "in": 8}, {"depth": 2}))
 def build(
     axes: Mapping[str, int],
     *,
