@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..api import OversizeWarning, encode
+from ..calibration.init import refinement
 from ..errors import AdtnError, TemplateError
 from ..options import template_params
 from ..templates import get
@@ -123,14 +124,17 @@ def choose(job: Job, share: float | None) -> None:
         job.chosen, (job.ladder, _) = next(iter(pool.items()))
         return
     reasons = {}
-    for t, (ladder, value) in pool.items():
-        job.ladder = ladder
-        try:
-            werr, cerr = errors(job, build(job, t, value))
-        except AdtnError as err:
-            reasons[t] = str(err)
-            continue
-        job.tried[t] = cerr if cerr is not None else werr
+    with refinement(0):  # formats are compared on their whitened decompositions; the chosen one is refined later
+        for t, (ladder, value) in pool.items():
+            job.ladder = ladder
+            try:
+                werr, cerr = errors(job, build(job, t, value))
+            except AdtnError as err:
+                reasons[t] = str(err)
+                continue
+            job.tried[t] = cerr if cerr is not None else werr
+    if job.calib is not None:
+        job.built.clear()  # built without refinement: the chosen format's layer is built again, refined
     if not job.tried:
         raise TemplateError(f"{where}: every candidate template failed: {reasons}")
     job.chosen = min(job.tried, key=job.tried.get)

@@ -22,6 +22,7 @@ __all__ = ["SEARCHABLE", "ShapeChoice", "search", "searchable"]
 
 SEARCHABLE = tuple(searchable())  # the built-in searchable formats; ``searchable()`` also lists ones registered later
 REFINE_NUMEL = 2**18  # finalists are decomposed for real up to this many weight entries
+SCREEN_STEPS = 0  # finalists are compared on the whitened decomposition; only the chosen shape is refined
 SERIAL_NUMEL = 2**20
 BIG_NUMEL = 2**22  # above this many entries only MAX_SCREENED candidates are screened
 MAX_SCREENED = 48  # the whole search runs on one thread up to this many (see spectra.single_thread)
@@ -104,6 +105,7 @@ def _approximation(template: str, dense: Tensor, c: Candidate, cov: Any = None) 
 
         axes = dict(zip(c.axes, dense.shape))
         graph, tensors = calibrated_init(template, padded, c.axes, fit_covariance(cov, axes, c.axes), rank=c.rank,
+                                         steps=SCREEN_STEPS,
                                          **opts)
     else:
         graph, tensors = get(template).init(padded, c.axes, rank=c.rank, **opts)
