@@ -1,16 +1,7 @@
-"""Initialisers of the sum-of-products templates ``kronecker`` (GKPD) and ``cp``.
-
-- ``kronecker``: Van Loan-Pitsianis rearrangement + truncated SVD (``adtn.decompose.kronecker_svd``),
-  optimal in Frobenius norm. ``tol`` picks R from the rearranged matrix's singular values.
-- ``cp``: a two-axis weight is a matrix, whose best rank-R CP is its truncated SVD (so ``tol``
-  is exact there). Three axes or more: CP-ALS with an SVD start (``adtn.decompose.cp_als``,
-  which warns on degeneracy). ``tol``: R doubles from 1 until ALS reaches it, then bisection
-  finds the smallest R that does (ALS errors are not exactly monotone in R, so this is the
-  smallest found, not a proof); past the largest useful R (prod / max of the sizes) it raises
-  RankError.
-
-Each term's scale is split evenly over its factors (sqrt(s_r) on A_r and B_r, w_r^(1/d) on
-each CP factor), which keeps the factors at one scale for fine-tuning.
+"""Initialiser of ``kronecker`` (GKPD): the Van Loan-Pitsianis rearrangement and a truncated
+SVD (``adtn.decompose.kronecker_svd``), optimal in Frobenius norm; ``tol`` picks R from the
+rearranged matrix's singular values. Each term's s_r is split as sqrt(s_r) on A_r and on B_r,
+which keeps the two factors at one scale for fine-tuning.
 """
 
 from __future__ import annotations
