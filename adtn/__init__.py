@@ -4,16 +4,16 @@ from . import templates
 from .api import encode, load, load_into, save
 from .compiler import compile
 from .compress import compress
-from .deep import DeepTN
-from .deep_module import DeepTNModule
 from .errors import AdtnError, FrozenGraphError, GraphError, RankError, SchemaError, ShapeError, TemplateError
 from .fitting import FitResult, fit
 from .graph import TensorGraph
 from .layers import TNConv1d, TNConv2d, TNLayer, TNLinear
 from .module import TNModule
+from .network import TNNetwork
 from .plan import Cost, Plan, clear_cache, plan, signature
 from .report import LayerRow, Report
 from .structures import load_structure
+from .templates.adtn import DeepTN, DeepTNModule
 from .train import History, evaluate, finetune, setup_distributed
 from .version import __version__  # noqa: F401  (adtn.__version__)
 
@@ -55,6 +55,7 @@ __all__ = [
     "TNLayer",
     "TNLinear",
     "TNModule",
+    "TNNetwork",
     "TemplateError",
     "TensorGraph",
     "clear_cache",

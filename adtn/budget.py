@@ -8,7 +8,7 @@ so the search is pure arithmetic:
    at a time while the count still fits (``fill_ranks``): uniform ranks can leave up to half
    the budget unused on small layers;
 3. when the template's default shape still falls short, ``resolve`` tries other shapes (the
-   number of modes ``d``, or the Kronecker factor split; ``shape_alternatives``) and keeps the
+   number of modes ``d``, or the format's ``alternatives``, e.g. Kronecker factor splits) and keeps the
    first that reaches 90%. Where no size of the template lands in [90%, 100%] of the budget
    (a rank-1 network already above 90% and below 100% is the usual reason), the largest count
    that fits is used and a warning says how much of the budget it takes.
@@ -17,15 +17,13 @@ so the search is pure arithmetic:
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import AdtnError, RankError
 from .templates import Template
-from .templates.factor import divisors
 
-__all__ = ["FILL", "count", "effective_ranks", "fill_ranks", "knob_for_budget", "kronecker_splits"]
+__all__ = ["FILL", "count", "effective_ranks", "fill_ranks", "knob_for_budget"]
 
 FILL = 0.9  # the smallest share of the budget a size should use
 MAX_SIZE = 2**24  # search bound of the rank (or depth) that fits a budget
@@ -138,27 +136,6 @@ def fill_ranks(t: Template, axes: Mapping[str, int], kwargs: Mapping[str, Any], 
         if p > best[0]:
             best = (p, filled)
     return best[1]
-
-
-def kronecker_splits(axes: Mapping[str, int], target: float) -> Iterator[dict[str, Any]]:
-    """Kronecker factor splits (a, b): those whose rank R * (|a| + |b|) fills ``target`` to 90%,
-    most balanced axis by axis first (a lopsided split such as (1, 112) x (256, 7) fills a budget exactly but
-    is a poor fixed rule: 0.58 accuracy against 0.93 for a balanced one in the demo's 1% sweep),
-    then the others by how fully they fill it."""
-    names = list(axes)
-    scored = []
-    for a in itertools.product(*[divisors(axes[ax]) for ax in names]):
-        b = tuple(axes[ax] // x for ax, x in zip(names, a))
-        pa, pb = math.prod(a), math.prod(b)
-        if a > b or pa == 1 or pb == 1:  # (a, b) and (b, a) cost the same; |a| = 1 is not a factorization
-            continue
-        rank = min(int(target // (pa + pb)), pa, pb)
-        if rank >= 1:
-            fills = rank * (pa + pb) >= FILL * target
-            balance = sum(abs(math.log(x / y)) for x, y in zip(a, b))  # per axis: no factor takes a whole axis
-            scored.append((not fills, balance if fills else 0.0, -rank * (pa + pb), balance, a, b))
-    for *_, a, b in sorted(scored):
-        yield {"factors": (dict(zip(names, a)), dict(zip(names, b)))}
 
 
 def effective_ranks(t: Template, axes: Mapping[str, int], kwargs: Mapping[str, Any]) -> dict[str, Any]:

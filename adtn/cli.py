@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from .compiler import compile
-from .deep import DeepTN
 from .errors import AdtnError
 from .graph import TensorGraph
 from .structures import load_structure
+from .templates.adtn import DeepTN
 from .testing import tt_chain
 from .version import __version__
 
@@ -189,8 +189,7 @@ def info(args: argparse.Namespace) -> int:
     print(structure)
     module = compile(structure)
     print(f"dense(): {module.cost()}")
-    axes = structure.outputs if isinstance(structure, TensorGraph) else structure.axes
-    for axis in axes:
+    for axis in module.axes:
         print(f"apply(x, axis={axis!r}) at batch {args.batch}: {module.cost(batch=args.batch, axis=axis)}")
     return 0
 

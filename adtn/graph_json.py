@@ -19,7 +19,7 @@ __all__ = ["DEEP_KEYS", "check_graph_dict", "check_keys", "in_source", "source_l
 TOP_KEYS = {"schema": True, "graph": True, "name": False}  # key -> required
 LINK_KEYS = {"nodes": True, "edges": True, "directed": False, "multigraph": False, "graph": False}
 NODE_KEYS = {"id": True, "legs": True, "role": True, "value": False, "init": False}
-DEEP_KEYS = {"schema": True, "operators": True, "axes": True, "activation": True, "name": False,
+DEEP_KEYS = {"schema": True, "operators": True, "axes": True, "activation": True, "name": False, "meta": False,
              "negative_slope": False, "learn_scale": False, "scale": False, "options": False}
 EDGE_KEYS = {"source": True, "target": True, "legs": True, "ends": True, "key": False, "size": False}
 

@@ -255,7 +255,7 @@ def _rebuild(where: str, module: nn.Module, entry: dict[str, Any]) -> nn.Module:
     device = next(module.parameters()).device
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in entry["args"].items()}
     layer = cls(**args, bias=entry["bias"], forward=entry["forward"], structure=structure, device=device, dtype=ref)
-    if entry.get("template") is not None:  # a DeepTN keeps no template stamp: the manifest has it
+    if entry.get("template") is not None:  # the manifest has it (a DeepTN saved before meta kept no stamp)
         layer.template = get(entry["template"]).name
         if entry.get("template_options") is not None:
             layer.template_options = dict(entry["template_options"])

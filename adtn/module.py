@@ -1,6 +1,7 @@
-"""TNModule: a frozen TensorGraph compiled into a differentiable torch module.
+"""TNModule: a frozen TensorGraph compiled into a differentiable torch module (a ``TNNetwork``).
 
-Parameters live in an ``nn.ParameterDict`` keyed by node name, fixed nodes are buffers.
+Parameters live in an ``nn.ParameterDict`` keyed by node name, fixed nodes are buffers
+(the key scheme of ``adtn.network``).
 Plans are made once per input shape (see ``adtn.plan``) and reused, the most recent
 ``PLANS`` of them kept; ``dense()`` contracts the whole network, ``apply(x, axis)`` contracts a
 batch through it as one more node, so the planner may never form the dense tensor. Forward
@@ -16,35 +17,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from .errors import AdtnError, GraphError, ShapeError
 from .graph import TensorGraph
 from .initializers import InitSpec, fixed_tensor, initial_tensors
+from .network import PLANS, Buffers, TNNetwork, check_fed_input, feed_axes
 from .plan import Cost, Plan, execute, plan
-from .tracing import LRUCache, by_handle, compiling, new_handle, trace_constant, traced_batch
+from .tracing import by_handle, compiling, trace_constant, traced_batch
 
+# Buffers, PLANS, check_fed_input and feed_axes moved to adtn.network; exported here too, so that
+# old imports and models pickled with adtn.module.Buffers (or its old name _Buffers) still load.
 __all__ = ["PLANS", "Buffers", "TNModule", "check_fed_input", "feed_axes"]
-
-PLANS = 16  # plans kept per module (one per feed and batch size)
-
-
-class Buffers(nn.Module):
-    """A dict of buffers (torch has no BufferDict), so fixed nodes move with ``.to()``."""
-
-    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        super().__init__()
-        for name, tensor in tensors.items():
-            self.register_buffer(name, tensor)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return getattr(self, name)
-
 
 _Buffers = Buffers  # the old name, kept so that models pickled before the rename still load
 
 
-class TNModule(nn.Module):
+class TNModule(TNNetwork):
     """A tensor network as an ``nn.Module``: ``dense()``, ``apply(x, axis)``, ``cost()``.
 
     Args:
@@ -68,16 +56,12 @@ class TNModule(nn.Module):
         memory_limit: int | None = None,
         seed: int | None = None,
     ) -> None:
-        super().__init__()
-        self._trace_handle = new_handle(self)  # how trace_constant functions name this module
-        self.graph = graph.freeze()
-        self.optimize = optimize
-        self.memory_limit = memory_limit
+        graph = graph.freeze()
         tensors = initial_tensors(graph, init, std=std, dtype=dtype, device=device, seed=seed)
-        self.params = nn.ParameterDict({name: nn.Parameter(t) for name, t in tensors.items()})
         deltas = set(graph.delta_nodes())
         fixed = {n: fixed_tensor(graph, n, dtype, device) for n in graph.nodes_with_role("fixed") if n not in deltas}
-        self.fixed = Buffers(fixed)
+        super().__init__(tensors, fixed, optimize=optimize, memory_limit=memory_limit)
+        self.graph = graph
         # delta (copy) nodes are hyperedges for the planner: never operands
         self._roles = [(n, "delta" if n in deltas else graph.node(n)["role"]) for n in graph.nodes]
         self._inputs = graph.nodes_with_role("input")
@@ -85,8 +69,23 @@ class TNModule(nn.Module):
         self._axis_sizes = dict(graph.axis_sizes)  # plain data for forward: no graph lookups while tracing
         self._axis_legs = {ax: graph.axis_shape(ax) for ax in graph.outputs}
         self._input_shapes = {n: graph.shape(n) for n in self._inputs}
-        self._plans: LRUCache = LRUCache(PLANS)
         self._dense_cache: tuple[tuple, torch.Tensor] | None = None
+
+    @classmethod
+    def for_layer(cls, structure: TensorGraph, *, std: float, dtype: torch.dtype | None, device: Any) -> TNModule:
+        """``structure`` with the ``"normal"`` init at dense std ``std`` (a TN layer's random init)."""
+        return cls(structure, "normal", std=std, dtype=dtype, device=device)
+
+    @property
+    def structure(self) -> TensorGraph:
+        return self.graph
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self._inputs)
+
+    def _owner(self) -> str:
+        return f"graph {self.graph.name!r}"
 
     # ------------------------------------------------------------------ planning
     def plan(self, feed: Sequence[str] = (), batch: int | None = None) -> Plan:
@@ -100,23 +99,13 @@ class TNModule(nn.Module):
             batch = 1
         return self.plan(feed, batch if (feed or self._inputs) else None).cost
 
+    def stream_plan(self, feed: Sequence[str], batch: int | None) -> Plan:
+        return self.plan(feed, batch)
+
+    def dense_plan(self) -> Plan:
+        return self.plan((), None)
+
     # ------------------------------------------------------------------ contraction
-    @property
-    def dtype(self) -> torch.dtype:
-        for t in self._tensors():
-            return t.dtype
-        return torch.get_default_dtype()
-
-    @property
-    def device(self) -> torch.device:
-        for t in self._tensors():
-            return t.device
-        return torch.device("cpu")
-
-    def _tensors(self):
-        yield from self.params.values()
-        yield from self.fixed.buffers()
-
     def node_tensors(self) -> dict[str, torch.Tensor]:
         """Every param and fixed node's current tensor, by node name."""
         out: dict[str, torch.Tensor] = {}
@@ -228,18 +217,13 @@ class TNModule(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without caches: plans are rebuilt on demand, a cached weight is stale data."""
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
-        state["_plans"] = LRUCache(PLANS)
+        state = super().__getstate__()
         state["_dense_cache"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Objects pickled before the plain forward data and bounded caches existed get them here."""
         super().__setstate__(state)
-        self._trace_handle = new_handle(self)
-        if not isinstance(self._plans, LRUCache):
-            self._plans = LRUCache(PLANS)
         if "_axis_legs" not in self.__dict__:
             self._axis_sizes = dict(self.graph.axis_sizes)
             self._axis_legs = {ax: self.graph.axis_shape(ax) for ax in self.graph.outputs}
@@ -248,29 +232,6 @@ class TNModule(nn.Module):
     def extra_repr(self) -> str:
         axes = ", ".join(f"{ax}={size}" for ax, size in self.graph.axis_sizes.items())
         return f"graph={self.graph.name!r}, nodes={len(self.graph)}, params={self.graph.num_params:,}, axes=({axes})"
-
-
-def feed_axes(axis: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``axis`` as a tuple of axis names (``None`` -> none fed)."""
-    if axis is None:
-        return ()
-    return (axis,) if isinstance(axis, str) else tuple(axis)
-
-
-def check_fed_input(
-    x: torch.Tensor, feed: Sequence[str], sizes: Mapping[str, int], dtype: torch.dtype, owner: str
-) -> None:
-    """``apply``'s input checks, shared by every compiled structure: known axes, trailing
-    sizes, and dtype. ``owner`` names the structure in messages."""
-    for ax in feed:
-        if ax not in sizes:
-            raise GraphError(f"apply: {owner} has no axis {ax!r}; axes: {list(sizes)}")
-    want = tuple(sizes[ax] for ax in feed)
-    if x.dim() < len(feed) or tuple(x.shape[x.dim() - len(feed):]) != want:
-        names = ", ".join(f"{ax}={sizes[ax]}" for ax in feed)
-        raise ShapeError(f"apply: input of shape {tuple(x.shape)} must end with the sizes of axis ({names}), i.e. {want}")
-    if x.dtype != dtype:
-        raise AdtnError(f"apply: dtype {x.dtype} does not match the module's {dtype}; cast one of them")
 
 
 @trace_constant

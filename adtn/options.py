@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .budget import FILL, effective_ranks, fill_ranks, knob_for_budget, kronecker_splits
+from .budget import FILL, effective_ranks, fill_ranks, knob_for_budget
 from .errors import AdtnError, RankError, ShapeError, TemplateError
 from .templates import Template, get, names
 from .templates.factor import default_modes, divisible_modes, factorize, is_int
+from .templates.registry import build_params
 
 __all__ = ["Spec", "balanced", "check_budget", "resolve", "template_params", "true_ranks"]
 
@@ -38,8 +39,7 @@ class Spec:
 
 def template_params(t: Template) -> dict[str, inspect.Parameter]:
     """The build options ``t`` takes (its keyword parameters after the axes)."""
-    sig = inspect.signature(t.build)
-    return {n: p for n, p in list(sig.parameters.items())[1:] if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    return build_params(t.build)
 
 
 def balanced(n: int, d: int) -> tuple[int, tuple[int, ...]]:
@@ -87,16 +87,16 @@ def _sized(where: str, t: Template, axes: dict[str, int], kwargs: dict, knob: st
 
 def _shape_alternatives(where: str, t: Template, raw: dict[str, int], kwargs: dict, d_default: int | None,
                         nouns: Mapping[str, str], target: float):
-    """Other shapes for a budget the default shape cannot fill: other numbers of modes, other
-    Kronecker splits (only when the user fixed neither)."""
+    """Other shapes for a budget the default shape cannot fill: other numbers of modes, the
+    format's ``alternatives`` (Kronecker splits; only when the user fixed neither)."""
     params = template_params(t)
     if "modes" in params and d_default is not None:
         for d in sorted(range(2, 7), key=lambda k: (abs(k - d_default), k)):
             if d != d_default:
                 axes, modes = _modes(where, raw, None, d, nouns)
                 yield axes, {**kwargs, "modes": modes}
-    if "factors" in params and kwargs.get("factors") is None:
-        for options in itertools.islice(kronecker_splits(raw, target), 24):
+    if t.alternatives is not None and not t.forced(kwargs):
+        for options in itertools.islice(t.alternatives(raw, target, FILL), 24):
             yield raw, {**kwargs, **options}
 
 
@@ -202,7 +202,7 @@ def resolve(
         fits = [n for n in names() if kind in get(n).kinds]
         raise TemplateError(f"{where}: template {t.name!r} does not fit {kind} weights; templates for {kind}: {fits}")
     params = template_params(t)
-    knob = "rank" if "rank" in params else "depth" if "depth" in params else None
+    knob = t.knob
     kwargs = dict(options or {})
     axes = dict(axes)
     dense = math.prod(axes.values())
@@ -234,13 +234,13 @@ def resolve(
         if knob is None or t.formula is None:
             raise TemplateError(f"{where}: budget= needs template {t.name!r} to have a size option and a "
                                 "parameter formula; pass its options directly")
-        if "clip" in params:  # sizes the search tries may exceed a bond's useful rank: clipped, not errors
+        if t.clip:  # sizes the search tries may exceed a bond's useful rank: clipped, not errors
             kwargs.setdefault("clip", True)
         alternatives = _shape_alternatives(where, t, raw, kwargs, d_default, nouns, float(budget) * dense)
         axes, kwargs = _budget_spec(where, t, axes, kwargs, knob, float(budget), dense, alternatives)
     elif knob is not None and given.get(knob) is not None:
         kwargs[knob] = given[knob]
-        if knob == "rank" and "clip" in params and is_int(given[knob]):
+        if knob == "rank" and t.clip and is_int(given[knob]):
             # one int rank for all bonds is a cap, as in tensorly: bonds that cannot use it (a 3x3
             # kernel's, a 1x1 conv's spatial core) get their largest useful rank. Ranks given per
             # bond stay strict, and so do the templates' own builders

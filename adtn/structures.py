@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .deep import SCHEMA as DEEP_SCHEMA
-from .deep import DeepTN
 from .errors import SchemaError
 from .graph import SCHEMA as GRAPH_SCHEMA
 from .graph import TensorGraph, read_json
 from .graph_json import in_source
+from .templates.adtn.structure import SCHEMA as DEEP_SCHEMA
+from .templates.adtn.structure import DeepTN
 
 __all__ = ["load_structure"]
 

@@ -4,29 +4,35 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
 from .graph import TensorGraph
+from .templates import TEMPLATES
 
 __all__ = ["TEMPLATE_EXAMPLES", "brickwall", "devices", "ncon_dense", "random_graph", "rel_error", "tt_chain"]
 
-# A small, readable example per template: (axes, options). Registry-wide tests and the
-# docs' pictures use these; a template missing here is tried with a generic linear example.
-TEMPLATE_EXAMPLES: dict[str, tuple[dict[str, int], dict[str, Any]]] = {
-    "tt": ({"out": 64, "in": 64}, {"rank": 4}),
-    "tr": ({"out": 64, "in": 64}, {"rank": 4}),
-    "ht": ({"out": 256, "in": 256}, {"rank": 4}),
-    "tucker": ({"out": 16, "in": 16, "kh": 3, "kw": 3}, {"rank": 3}),
-    "tucker2": ({"out": 16, "in": 16, "kh": 3, "kw": 3}, {"rank": 4}),
-    "cp": ({"out": 16, "in": 16, "kh": 3, "kw": 3}, {"rank": 4}),
-    "kronecker": ({"out": 16, "in": 16, "kh": 3, "kw": 3}, {"rank": 2}),
-    "semi_tt": ({"out": 64, "in": 64}, {"rank": 4}),
-    "semi_tr": ({"out": 64, "in": 64}, {"rank": 4}),
-    "semi_tucker": ({"out": 16, "in": 16}, {"rank": 4}),
-    "adtn": ({"out": 8, "in": 8}, {"depth": 2}),
-}
+class _Examples(Mapping[str, tuple[dict[str, int], dict[str, Any]]]):
+    """A small, readable example per format, ``(axes, options)``, read live from the registry
+    (``Format.example``), so a format registered later has its own. Registry-wide tests and the
+    docs' pictures use these; a format without one is tried with a generic linear example."""
+
+    def _found(self) -> dict[str, tuple[dict[str, int], dict[str, Any]]]:
+        return {n: (dict(f.example[0]), dict(f.example[1])) for n, f in TEMPLATES.items() if f.example is not None}
+
+    def __getitem__(self, name: str) -> tuple[dict[str, int], dict[str, Any]]:
+        return self._found()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._found())
+
+    def __len__(self) -> int:
+        return len(self._found())
+
+
+TEMPLATE_EXAMPLES: Mapping[str, tuple[dict[str, int], dict[str, Any]]] = _Examples()
 
 
 def random_graph(

@@ -26,8 +26,8 @@ def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, 
     """(structure, node tensors, ShapeChoice or None) from the template's initialiser at the
     smallest size reaching ``tol``.
 
-    For a searchable template (``adtn.shapes.SEARCHABLE``) with no ``modes=`` / ``factors=`` /
-    ``d=`` / ``kernel_with=`` and no ``shape="default"``, the shape is searched too: the
+    For a searchable format (``adtn.shapes.searchable()``) with none of its shape options (``modes=``,
+    ``factors=``, ``d=``, ``kernel_with=``) and no ``shape="default"``, the shape is searched too: the
     initialiser first runs on the default shape; then, up to three times, ``adtn.shapes.search``
     finds the shape with the lowest error at the parameters that network has, and the
     initialiser runs on that shape; the smallest network reaching ``tol`` is kept.
@@ -49,16 +49,15 @@ def tol_structure(cls, where, args, weight, template, rank, depth, budget, tol, 
                         "initialiser; pass rank= or budget=")
     dense = weight.detach()
     best = (*t.init(_padded(dense, spec.axes), spec.axes, tol=float(tol), **spec.kwargs), None)
-    forced = modes is not None or any(options.get(k) is not None for k in ("factors", "d", "kernel_with"))
-    if shape in ("default", None) or forced or weight.is_meta:
+    if shape in ("default", None) or t.forced(options, modes) or weight.is_meta:
         return best
-    from .shapes import SEARCHABLE, search
+    from .shapes import search, searchable
 
-    if template not in SEARCHABLE:
+    if not t.searchable:
         if shape == "auto":
-            raise AdtnError(f"{where}: shape='auto' supports templates {list(SEARCHABLE)}, got {template!r}")
+            raise AdtnError(f"{where}: shape='auto' supports templates {searchable()}, got {template!r}")
         return best
-    fixed = {k: v for k, v in spec.kwargs.items() if k not in ("modes", "factors", "d", "t", "rank")}
+    fixed = {k: v for k, v in spec.kwargs.items() if k not in (*t.shape_options, "t", t.knob)}
     for _ in range(3):
         try:
             choice = search(template, dense, axes, min(1.0, best[0].num_params / dense.numel()), t=options.get("t"))

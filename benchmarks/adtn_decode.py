@@ -73,8 +73,7 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from adtn.deep_module import DeepTNModule
-    from adtn.templates.adtn import build
+    from adtn.templates.adtn import DeepTNModule, build
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -279,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="distillation steps (0: none)")
     parser.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate")
     parser.add_argument("--batch", type=int, default=32, help="distillation batch size (sentences)")
+    parser.add_argument("--calib", type=int, default=None, help="calibration sentences (default: 128, --full 256)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="a folder with config.json, model.safetensors, vocab.txt (default: the PyPI package's)")
@@ -295,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     model, tok = load_minilm(folder)
     model.to(args.device)
-    text = splits({"calib": cfg["calib"], "eval": cfg["eval"], "distill": -1})
+    text = splits({"eval": cfg["eval"], "calib": args.calib or cfg["calib"], "distill": -1})  # eval first: fixed
     calib = unpadded(tok, text["calib"]).to(args.device)  # the SVD-LLM reference and adtn.compress(calibration=...)
     data = on(args.device, batches(tok, text["eval"], 64))
     train = on(args.device, batches(tok, text["distill"], args.batch))
@@ -363,7 +364,7 @@ def report_text(args: argparse.Namespace, cfg: dict, steps: int, lines: list[str
              "plain-torch BERT of `benchmarks/_minilm.py` matches transformers' BertModel + mean pooling to 2e-7, "
              "its WordPiece matches the shipped tokenizer.json on all 7,530 sentences). Every nn.Linear of the "
              "encoder (36 layers, 10.6M weights) at 50% and 80% of its parameters, no fine-tuning. Text: "
-             f"standard-library docstring sentences, {cfg['calib']} for calibration (batched by token length, so "
+             f"standard-library docstring sentences, {args.calib or cfg['calib']} for calibration (batched by token length, so "
              f"no padding), {cfg['eval']} held out for the score. Score: mean cosine of the sentence embeddings to "
              "the original's; '/ whitened': ratio to the whitened SVD at the same budget; params: achieved "
              "fraction of the Linear weights; s: compression seconds (the whitened SVD's include its covariance "

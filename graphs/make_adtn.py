@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python graphs/make_adtn.py``. ``GRAPHS`` maps each file to
 (axes, options of ``adtn.templates.adtn.build``); tests rebuild every entry and compare it
-with the file. Load one with ``adtn.deep.DeepTN.load(path)``.
+with the file. Load one with ``adtn.DeepTN.load(path)``.
 """
 
 from __future__ import annotations

@@ -13,10 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from adtn.deep import DeepTN, gate_pairs, trace_gates, windows
-from adtn.deep_module import DeepTNModule
 from adtn.errors import AdtnError, GraphError, SchemaError, ShapeError, TemplateError
-from adtn.templates.adtn import adtn_params, build
+from adtn.templates.adtn import DeepTN, DeepTNModule, adtn_params, build, gate_pairs, trace_gates, windows
 from adtn.templates.registry import get
 
 GRAPHS = Path(__file__).resolve().parents[1] / "graphs"
@@ -39,7 +37,7 @@ def reference(module: DeepTNModule) -> torch.Tensor:
         layer = eye(q)
         for name in op.nodes_with_role("param"):
             a, b = op.node(name)["on"]
-            g = module.gates[name].detach().double()
+            g = module.params[name].detach().double()
             if g.dim() == 2:  # a boundary gate stores its [:, :, 0, 0] slice
                 full = torch.zeros(2, 2, 2, 2, dtype=torch.float64)
                 full[:, :, 0, 0] = g
@@ -51,7 +49,7 @@ def reference(module: DeepTNModule) -> torch.Tensor:
 
 
 def params_of(module: DeepTNModule) -> dict[str, torch.Tensor]:
-    return {f"gates.{k}": v.detach().clone().requires_grad_() for k, v in module.gates.items()}
+    return {f"params.{k}": v.detach().clone().requires_grad_() for k, v in module.params.items()}
 
 
 # ---------------------------------------------------------------------- structure and counts
@@ -110,7 +108,7 @@ def test_registry_and_names():
     assert list(deep.operators[1].outputs) == ["out", "in", "prev"]
     assert list(deep.operators[0].outputs) == ["state"]
     module = DeepTNModule(deep)
-    assert "l0_g3" in module.gates and "l1_g3" in module.gates
+    assert "l0_g3" in module.params and "l1_g3" in module.params
     assert all(not isinstance(trace_gates(op, m, deep.q), str) for m, op in enumerate(deep.operators))
 
 
@@ -141,12 +139,12 @@ def test_fused_matches_planner(width):
     for module in (fused, planner):
         module.zero_grad()
         (module.dense() ** 2).sum().backward()
-        grads.append(torch.cat([g.grad.reshape(-1) for g in module.gates.values()]))
+        grads.append(torch.cat([g.grad.reshape(-1) for g in module.params.values()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
 
 
 def test_chunked_backward_matches_planner(monkeypatch):
-    import adtn.deep_module as dm
+    import adtn.templates.adtn.kernels as dm
 
     monkeypatch.setattr(dm, "_CHUNK", 64)  # many chunks in every hand-written backward branch
     monkeypatch.setattr(dm, "_ROWS", 4)
@@ -157,8 +155,8 @@ def test_chunked_backward_matches_planner(monkeypatch):
     for width in (2, 4, 5, 6):  # 5 and 6 reach the thin-product branch of _MiddleMatmul
         fused = DeepTNModule(deep, dtype=torch.float64, window=width, seed=4)
         (fused.dense() * target).sum().backward()
-        for name, gate in planner.gates.items():
-            torch.testing.assert_close(fused.gates[name].grad, gate.grad, rtol=1e-9, atol=1e-12)
+        for name, gate in planner.params.items():
+            torch.testing.assert_close(fused.params[name].grad, gate.grad, rtol=1e-9, atol=1e-12)
 
 
 def test_scale_is_fixed_buffer_or_learnt_gain():
@@ -250,8 +248,8 @@ def test_checkpoint_gives_the_same_gradients():
     ckpt = DeepTNModule(deep, dtype=torch.float64, seed=2, checkpoint=True)
     for module in (plain, ckpt):
         (module.dense() ** 2).sum().backward()
-    for name in plain.gates:
-        torch.testing.assert_close(plain.gates[name].grad, ckpt.gates[name].grad)
+    for name in plain.params:
+        torch.testing.assert_close(plain.params[name].grad, ckpt.params[name].grad)
 
 
 def test_deep_init_stays_at_fan_in_scale():
@@ -271,7 +269,7 @@ def test_state_dict_deepcopy_double_and_repr():
     assert not torch.equal(a.dense(), b.dense())
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(a.dense(), b.dense())
-    assert set(a.state_dict()) >= {"scale", "gain", "gates.l0_g0", "gates.l1_g0"}
+    assert set(a.state_dict()) >= {"scale", "gain", "params.l0_g0", "params.l1_g0"}
     c = copy.deepcopy(a)
     torch.testing.assert_close(c.dense(), a.dense())
     d = copy.deepcopy(a).double()
@@ -290,7 +288,7 @@ def test_init_from_dict_and_errors():
     deep = build({"out": 4, "in": 4})
     tensors = {name: torch.ones(deep.operators[0].shape(name)) for _, name in deep.gates()}
     module = DeepTNModule(deep, tensors, dtype=torch.float64)
-    assert torch.equal(module.gates["l0_g0"], torch.ones(2, 2, dtype=torch.float64))
+    assert torch.equal(module.params["l0_g0"], torch.ones(2, 2, dtype=torch.float64))
     with pytest.raises(AdtnError, match=r"missing gates \['l0_g2'\]"):
         DeepTNModule(deep, {k: v for k, v in tensors.items() if k != "l0_g2"})
     with pytest.raises(ShapeError, match=r"gate 'l0_g0': expected shape \(2, 2\), got \(2, 2, 2, 2\)"):
@@ -461,8 +459,8 @@ def test_pooled_states_match_the_planner(monkeypatch):
     for module in (planner, fused):
         w1, w2 = module.dense(), module.dense()  # two decodes alive at once: no buffer is shared
         ((w1 * targets[0]).sum() + (w2 ** 2 * targets[1]).sum()).backward()
-    for name, gate in planner.gates.items():
-        torch.testing.assert_close(fused.gates[name].grad, gate.grad, rtol=1e-9, atol=1e-12)
+    for name, gate in planner.params.items():
+        torch.testing.assert_close(fused.params[name].grad, gate.grad, rtol=1e-9, atol=1e-12)
     x = torch.randn(4, 64, dtype=torch.float64)
     for _ in range(2):  # the second pass reuses the first one's released buffers
         torch.testing.assert_close(fused.apply_split(x), x @ planner.dense().T, rtol=1e-10, atol=1e-10)

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from adtn.deep_module import DeepTNModule
 from adtn.templates import get
+from adtn.templates.adtn import DeepTNModule
 
 
 @pytest.mark.parametrize("activation", ["relu", None])
@@ -23,7 +23,7 @@ def test_a_very_deep_adtn_initialises_finite_with_the_fan_in_std(activation):
     assert torch.isfinite(w).all()
     assert float(w.std()) == pytest.approx(1 / math.sqrt(16), rel=1e-3)
     w.square().sum().backward()
-    grads = [p.grad for p in module.gates.values()]
+    grads = [p.grad for p in module.params.values()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
@@ -31,5 +31,5 @@ def test_a_shallow_adtn_keeps_its_gates_as_drawn():
     # the rescue only runs when the plain decode overflows: shallow networks are unchanged
     deep = get("adtn").build({"out": 16, "in": 16}, depth=2)
     a = DeepTNModule(deep, seed=3)
-    full = [g for g in a.gates.values() if g.dim() == 4]
+    full = [g for g in a.params.values() if g.dim() == 4]
     assert any(abs(float(g.norm()) - 2.0) > 1e-3 for g in full)

@@ -47,7 +47,7 @@ def _node_offsets(fig):
 
 
 def test_deep_draw_honours_layout(tmp_path):
-    from adtn.deep import DeepTN
+    from adtn.templates.adtn import DeepTN
 
     deep = adtn.templates.get("adtn").build({"out": 4, "in": 4}, depth=2)
     assert isinstance(deep, DeepTN)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -33,10 +35,25 @@ from ..templates.registry import get
 from .covariance import Covariance
 from .whitening import cholesky_factor, inverse_factor, kron_factors
 
-__all__ = ["REFINE_STEPS", "calibrated_init", "fit_covariance", "in_groups", "metric"]
+__all__ = ["REFINE_STEPS", "calibrated_init", "fit_covariance", "in_groups", "metric", "refinement"]
 
 REFINE_STEPS = 100  # L-BFGS iterations of the refinement, at most
 REFINE_FLOPS = 2e12  # the refinement's budget: fewer iterations on big layers (6 out n^2 each), none below 5
+REFINE_CHANGE = 1e-10  # L-BFGS stops when the relative loss changes less than this in a step
+_STEPS: ContextVar[int | None] = ContextVar("adtn_refine_steps", default=None)
+
+
+@contextmanager
+def refinement(steps: int) -> Iterator[None]:
+    """Within the block, ``calibrated_init`` runs at most ``steps`` refinement iterations (0: the
+    whitened decomposition alone). Where many candidates are only compared (the shape search's
+    finalists, the ``auto`` policy's formats), the refinement, most of the cost, is kept for the
+    one chosen."""
+    token = _STEPS.set(steps)
+    try:
+        yield
+    finally:
+        _STEPS.reset(token)
 
 
 def fit_covariance(cov: Covariance, axes: Mapping[str, int], padded: Mapping[str, int]) -> Covariance:
@@ -112,7 +129,7 @@ def _refine(graph: TensorGraph, tensors: Mapping[str, Tensor], dense: Tensor, fa
     norm = float(target.pow(2).sum()) or 1.0
     params = list(module.parameters())
     opt = torch.optim.LBFGS(params, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-12, tolerance_change=1e-14)
+                            tolerance_grad=1e-12, tolerance_change=REFINE_CHANGE)
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
@@ -126,20 +143,26 @@ def _refine(graph: TensorGraph, tensors: Mapping[str, Tensor], dense: Tensor, fa
 
 
 def calibrated_init(template: str, dense: Tensor, axes: Mapping[str, int], cov: Covariance, *,
-                    steps: int = REFINE_STEPS, **options: Any) -> tuple[TensorGraph, dict[str, Tensor]]:
-    """The template's ``init`` at ``options`` made data-aware (see the module doc).
+                    steps: int | None = None, **options: Any) -> tuple[TensorGraph, dict[str, Tensor]]:
+    """The format's decompose at ``options`` made data-aware: the format's own ``calibrated``
+    hook when it has one, else the generic algorithm of the module doc.
 
     Args:
         template: a registered template with an ``init``.
         dense: the weight (zero-padded to ``axes`` where the network pads).
         axes: the network's axes.
         cov: the covariance over the in side of ``axes`` (``fit_covariance`` pads it).
-        steps: L-BFGS iterations of the refinement at most (0 to skip it).
+        steps: L-BFGS iterations of the refinement at most (0 to skip it); default ``REFINE_STEPS``,
+            or the enclosing ``refinement`` block's.
     """
+    if steps is None:
+        steps = REFINE_STEPS if _STEPS.get() is None else _STEPS.get()
     from ..templates.init_common import contract
 
-    init = get(template).init
-    graph, base = init(dense, axes, **options)
+    fmt = get(template)
+    if fmt.calibrated is not None:  # the format's own data-aware decompose
+        return fmt.calibrated(dense, axes, cov, steps=steps, **options)
+    graph, base = fmt.decompose(dense, axes, **options)
     cov = cov.to(dense.device)
     tried = [base]
     whitened = _whitened(template, dense, axes, cov, graph, options)

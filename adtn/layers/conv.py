@@ -2,7 +2,7 @@
 
 The kernel's axes are ``out``, ``in``, ``kh``, ``kw`` (``out``, ``in``, ``kw`` for 1-D), the
 torch weight layout. Forward runs one of: ``dense`` (rebuild the kernel, ``F.conv2d``); the
-format's fast form for Tucker(-2), CP and Kronecker templates (see ``conv_forms.py``), or
+format's fast form (``Format.conv_form``: Tucker(-2), CP, Kronecker, ...), or
 ``low_rank`` for any network that splits into U (all out legs) and one core V (all in and
 kernel legs): V's kh x kw conv to R channels, then U's 1x1; or, for other networks, im2col
 (``F.unfold``) with the patches streamed through the network. ``"auto"``
@@ -24,27 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..conv_ops import ConvGeometry, Work, tucker_conv, tucker_cost, unfold_input
 from ..errors import AdtnError, ShapeError
+from ..templates.registry import TEMPLATES
 from ..tracing import COMPILE_BATCH, new_handle
-from .conv_forms import (
-    ConvGeometry,
-    Work,
-    cp_conv,
-    cp_cost,
-    kronecker_conv,
-    kronecker_cost,
-    kronecker_exact,
-    tucker_conv,
-    tucker_cost,
-    unfold_input,
-)
 from .forward import MEMORY_WEIGHT, Choice, choose, tn_cost
 from .linear import TNLayer
 
 __all__ = ["TNConv1d", "TNConv2d"]
-
-TUCKER = ("tucker2", "tucker")
-
 
 def _tuple(value: Any, n: int, name: str, where: str, low: int = 1) -> tuple[int, ...]:
     vals = (value,) * n if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
@@ -103,7 +90,7 @@ class _TNConvNd(TNLayer):
         sizing = {"rank": rank, "depth": depth, "budget": budget, "modes": modes}
         self._setup(axes, template, structure, forward, device, dtype, sizing, options)
         self._init_bias(bias, device, dtype)
-        self._low_rank_spec = _low_rank_spec(getattr(self.tn, "graph", None))  # forward reads no graph
+        self._low_rank_spec = _low_rank_spec(self.tn.graph)  # forward reads no graph
 
     @classmethod
     def weight_axes(cls, in_channels: int, out_channels: int, kernel_size: Any, groups: int = 1,
@@ -144,77 +131,63 @@ class _TNConvNd(TNLayer):
         return ConvGeometry(lift(self.kernel_size, 1), lift(self.stride, 1), lift(pad, 0), lift(self.dilation, 1))
 
     # ------------------------------------------------------------------ fast forms
-    def _params(self) -> Mapping[str, torch.Tensor]:
-        return getattr(self.tn, "params", {})
+    @property
+    def tn_params(self) -> Mapping[str, torch.Tensor]:
+        """The network's parameter tensors by node name (empty for a network without them)."""
+        return self.tn.params
 
-    def _spatial(self, t: torch.Tensor, dim: int) -> torch.Tensor:
-        """Insert the virtual height of a 1-D conv at ``dim``."""
+    @property
+    def geometry(self) -> ConvGeometry:
+        """The 2-D conv's kernel, stride, padding and dilation (a 1-D conv has height 1)."""
+        return self._geo
+
+    def as_2d(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """``t`` with the virtual height of a 1-D conv inserted at ``dim`` (unchanged for 2-D)."""
         return t.unsqueeze(dim) if self.nd == 1 else t
 
     def _low_rank(self) -> tuple[tuple[tuple[str, ...], str, int], tuple[str, list[int], int]] | None:
         """When one core holds every in and kernel leg and the rest of the network every ``out``
-        leg (legs of size 1 aside), as in the searched SVD-like shapes of tt, tr, ht and
-        semi_tt: how to read the network as U (O, R) and V (R, C, kh, kw), so that the conv runs
-        as V's kh x kw conv to R channels and U's 1x1 (``tucker_conv``). Computed when the layer
-        is made (the graph is fixed)."""
+        leg (legs of size 1 aside), as in the searched SVD-like shapes of chains and trees: how
+        to read the network as U (O, R) and V (R, C, kh, kw), so that the conv runs as V's
+        kh x kw conv to R channels and U's 1x1 (``tucker_conv``). Computed when the layer is
+        made (the graph is fixed)."""
         return self._low_rank_spec
 
     def _low_rank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         (u_nodes, equation, o), (nv, order_v, r) = self._low_rank()
-        p = self._params()
+        p = self.tn_params
         u = torch.einsum(equation, *[p[n] for n in u_nodes]).reshape(o, r)
         v = p[nv].permute(order_v).reshape((r, self.in_channels) + self.kernel_size)
-        return u, self._spatial(v, 2)
+        return u, self.as_2d(v, 2)
+
+    def _format_form(self) -> Any:
+        """The format's conv fast form (``Format.conv_form``) when it applies to this network, else None."""
+        fmt = TEMPLATES.get(self.template) if self.template is not None else None
+        form = getattr(fmt, "conv_form", None)
+        return form if form is not None and form.applies(self) else None
 
     def _fast_form(self) -> str | None:
-        """The name of this layer's fast conv form, if its template has one and it is exact."""
+        """The name of this layer's fast conv form, if it has one and it is exact."""
         if self.pads:
             return None
-        if self._low_rank() is not None:
+        form = self._format_form()
+        if form is not None and getattr(form, "before_low_rank", False):
+            return form.name
+        if self._low_rank() is not None:  # runs the same or fewer convs than the built-in forms
             return "low_rank"
-        p = self._params()
-        if self.template in TUCKER and "core" in p and ("u_in" in p or "u_out" in p):
-            return "tucker2"
-        if self.template == "cp" and {"u_out", "u_in"} <= set(p):
-            return "cp"
-        if self.template == "kronecker" and {"a", "b"} <= set(p):
-            a, b = self._spatial(p["a"], 3).shape[1:], self._spatial(p["b"], 3).shape[1:]
-            return "kronecker" if kronecker_exact(a, b) else None
-        return None
-
-    def _tucker_core(self) -> torch.Tensor:
-        """Tucker's core with the spatial factors (if any) multiplied in: (R_out, R_in, kh, kw)."""
-        p = self._params()
-        core = p["core"]
-        for dim, ax in enumerate(self.spatial, start=2):
-            if f"u_{ax}" in p:
-                core = torch.tensordot(core, p[f"u_{ax}"], dims=([dim], [1])).movedim(-1, dim)
-        return self._spatial(core, 2)
+        return None if form is None else form.name
 
     def _fast_cost(self, form: str, n: int, h: int, w: int) -> Work:
-        p, geo = self._params(), self._geo
         if form == "low_rank":
             r = self._low_rank()[1][2]
-            return tucker_cost(n, h, w, (r, self.in_channels) + geo.kernel, None, self.out_channels, geo)
-        if form == "tucker2":
-            core = self._tucker_core().shape
-            return tucker_cost(n, h, w, core, self.in_channels if "u_in" in p else None,
-                               self.out_channels if "u_out" in p else None, geo)
-        if form == "cp":
-            return cp_cost(n, h, w, self.in_channels, self.out_channels, p["u_in"].shape[1], geo)
-        a, b = self._spatial(p["a"], 3), self._spatial(p["b"], 3)
-        return kronecker_cost(a.shape[1:], b.shape[1:], a.shape[0], n, h, w, geo)
+            return tucker_cost(n, h, w, (r, self.in_channels) + self._geo.kernel, None, self.out_channels, self._geo)
+        return self._format_form().cost(self, n, h, w)
 
     def _run_fast(self, form: str, x: torch.Tensor) -> torch.Tensor:
-        p, geo = self._params(), self._geo
         if form == "low_rank":
             u, v = self._low_rank_factors()
-            return tucker_conv(x, v, None, u, self.bias, geo)
-        if form == "tucker2":
-            return tucker_conv(x, self._tucker_core(), p.get("u_in"), p.get("u_out"), self.bias, geo)
-        if form == "cp":
-            return cp_conv(x, p["u_out"], p["u_in"], p.get("u_kh"), p.get("u_kw"), self.bias, geo)
-        return kronecker_conv(x, self._spatial(p["a"], 3), self._spatial(p["b"], 3), self.bias, geo)
+            return tucker_conv(x, v, None, u, self.bias, self._geo)
+        return self._format_form().run(self, x)
 
     def _run_unfold(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -282,7 +255,7 @@ class _TNConvNd(TNLayer):
         n, _, h, w = x4.shape
         form = "dense" if self.forward_mode == "dense" else self._mode((n, h, w)).form
         if form == "dense":
-            weight = self._spatial(self.dense_weight(), 2)
+            weight = self.as_2d(self.dense_weight(), 2)
             y = F.conv2d(x4, weight, self.bias, groups=self.groups, **self._geo.args)
         elif form == "unfold":
             y = self._run_unfold(x4)
@@ -293,7 +266,7 @@ class _TNConvNd(TNLayer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "_low_rank_spec" not in self.__dict__:  # pickled before it was made at construction
-            self._low_rank_spec = _low_rank_spec(getattr(self.tn, "graph", None))
+            self._low_rank_spec = _low_rank_spec(self.tn.graph)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}")

@@ -6,7 +6,7 @@ dense op; ``direct`` costs the contraction with the input batch as one more node
 FLOPs plus a weight per element moved (``MEMORY_WEIGHT``, ``ACTIVATION_WEIGHT``).
 
 The executors themselves live in ``chain.py`` (a path of cores streamed without transposes)
-and ``conv_forms.py`` (the fast forms of Tucker-2, CP and Kronecker convs).
+and ``adtn/conv_ops.py`` with the formats' conv fast forms (``Format.conv_form``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .. import conv_ops
 from ..errors import AdtnError
 from ..plan import Plan
 
@@ -42,7 +43,7 @@ MODES = ("auto", "dense", "direct")
 # dense / streamed TT layers (batch 1 to 4096, ranks 4 to 32). Dense ops and conv stages
 # stream contiguous activations: ACTIVATION_WEIGHT per element read or written.
 MEMORY_WEIGHT = 400
-ACTIVATION_WEIGHT = 20
+ACTIVATION_WEIGHT = conv_ops.ACTIVATION_WEIGHT  # defined with the conv stages it weighs
 # A chain executor's step is a product that streams its state once; it costs the larger of its
 # FLOPs and STATE_WEIGHT per state element read or written, so thin products (a bond or mode
 # below ~64) are memory-bound (calibrated on 2 CPU threads against measured 4096 x 4096 TT
@@ -107,15 +108,13 @@ def plan_cost(plan: Plan) -> int:
 
 
 def tn_cost(tn: Any, feed: Sequence[str] = (), batch: int | None = None) -> int | None:
-    """Cost of ``tn.dense()`` (no ``feed``) or of streaming a batch on ``feed``; None when ``tn``
-    cannot stream (a deep ADTN past depth 1, or one whose axes are padded to 2^Q)."""
+    """Cost of ``tn.dense()`` (no ``feed``) or of streaming a batch on ``feed``; None when the
+    network ``tn`` cannot stream (a deep ADTN past depth 1, or one whose axes are padded to 2^Q)."""
     feed = tuple(feed)
-    deep = getattr(tn, "deep", None)
-    if deep is None:
-        return plan_cost(tn.plan(feed, batch if feed else None))
-    if not feed:
-        return int(tn.cost().flops) + MEMORY_WEIGHT * 2 * deep.depth * 2**deep.q
-    first = deep.operators[0]
-    if deep.depth > 1 or not deep.exact or not all(ax in first.outputs for ax in feed):
-        return None
-    return plan_cost(tn.plan(0, feed, batch))
+    if feed:
+        p = tn.stream_plan(feed, batch)
+        return None if p is None else plan_cost(p)
+    p = tn.dense_plan()
+    if p is None:  # dense() runs several passes (a deep ADTN's layers)
+        return int(tn.cost().flops) + MEMORY_WEIGHT * tn.dense_traffic()
+    return plan_cost(p)

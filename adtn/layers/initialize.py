@@ -45,13 +45,13 @@ def initialize(layer: TNLayer, dense: torch.Tensor, init: str = "auto", fit_opti
     """
     if init not in INITS:
         raise AdtnError(f"init must be one of {list(INITS)}, got {init!r}")
-    if init == "auto" and not isinstance(layer.structure, TensorGraph):  # a DeepTN
-        init = "random"
+    t = get(layer.template) if layer.template is not None else None  # None: the user's own graph
+    if init == "auto" and (t is None or t.init is None) and layer.tn.fallback_init == "random":
+        init = "random"  # a deep ADTN (TNNetwork.fallback_init)
     if init == "random":
         match_norm(layer, dense)
         return
     target = layer.pad_weight(dense.detach())
-    t = get(layer.template) if layer.template is not None else None  # None: the user's own graph
     name = repr(t.name) if t is not None else "None (a user graph)"
     cov = None
     if calibration is not None:
@@ -97,10 +97,4 @@ def match_norm(layer: TNLayer, dense: torch.Tensor) -> None:
     if not (torch.isfinite(have) and torch.isfinite(want) and have > 0 and want > 0):
         return
     factor = float(want / have)
-    scale = getattr(layer.tn, "scale", None)
-    if isinstance(scale, torch.Tensor):  # DeepTNModule: the fixed global scale
-        scale.mul_(factor)
-        return
-    params = list(layer.tn.parameters())
-    if params:
-        params[0].mul_(factor)
+    layer.tn.rescale_(factor)

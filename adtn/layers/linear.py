@@ -1,7 +1,8 @@
 """TNLinear, a drop-in ``nn.Linear`` whose weight is a tensor network, and ``TNLayer``, what TN layers share.
 
-A TN layer holds its template's structure compiled as a submodule ``tn`` (``tn.graph`` for
-a TensorGraph, ``tn.deep`` for a DeepTN) and knows the template's name, which the engine
+A TN layer holds its template's structure compiled as a submodule ``tn`` (a ``TNNetwork``:
+a TensorGraph's ``TNModule`` or a deep ADTN's ``DeepTNModule``, used through the base's
+interface only) and knows the template's name, which the engine
 below does not: that is how conv layers find their fast forms. Sizes that tensorize badly
 (a prime feature size) are zero-padded for templates that split axes into modes; the
 layer crops the rebuilt weight, pads the input of a streamed pass, and says so in
@@ -25,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compiler import compile as compile_graph
+from ..compiler import network_class
 from ..errors import AdtnError, ShapeError
-from ..graph import TensorGraph
-from ..module import check_fed_input
-from ..options import resolve, template_params
+from ..network import TNNetwork, check_fed_input
+from ..options import resolve
 from ..plan import WORKSPACE, plain_ops
 from ..templates.registry import get, template_of
 from ..tolerance import tol_structure
@@ -44,27 +44,9 @@ CHOICES = 32  # forward choices kept per layer (one per input shape, weight cach
 
 
 # ---------------------------------------------------------------------- structure -> module
-def _structure_axes(structure: Any) -> dict[str, int]:
-    if isinstance(structure, TensorGraph):
-        return dict(structure.axis_sizes)
-    return dict(structure.axes)  # DeepTN
-
-
-def compile_structure(structure: Any, *, std: float, dtype: torch.dtype | None, device: Any) -> nn.Module:
-    """A TensorGraph or DeepTN compiled with random init (``std``: the dense entries' target std)."""
-    if isinstance(structure, TensorGraph):
-        return compile_graph(structure, "normal", std=std, dtype=dtype, device=device)
-    from ..deep import DeepTN
-
-    if isinstance(structure, DeepTN):
-        from ..deep_module import DeepTNModule
-
-        return DeepTNModule(structure, dtype=dtype, device=device)
-    raise AdtnError(f"a TN layer needs a TensorGraph or DeepTN structure, got {type(structure).__name__}")
-
-
-def _node_tensors(tn: nn.Module) -> nn.ParameterDict:
-    return tn.params if hasattr(tn, "params") else tn.gates
+def compile_structure(structure: Any, *, std: float, dtype: torch.dtype | None, device: Any) -> TNNetwork:
+    """A TensorGraph or DeepTN compiled with a layer's random init (``std``: the dense entries' target std)."""
+    return network_class(structure).for_layer(structure, std=std, dtype=dtype, device=device)
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -115,12 +97,12 @@ class TNLayer(nn.Module):
             found = template_of(structure)
             self.template = found[0].name if found else None  # a user graph: no template built it
             self.template_options = found[1] if found else {}
-        tn_axes = _structure_axes(structure)
+        fan_in = max(1, math.prod(axes.values()) // axes["out"])
+        self.tn = compile_structure(structure, std=1.0 / math.sqrt(3 * fan_in), dtype=dtype, device=device)
+        tn_axes = self.tn.axes
         if list(tn_axes) != list(axes) or any(tn_axes[ax] < n for ax, n in axes.items()):
             raise ShapeError(f"{where}: structure axes {tn_axes} do not hold the layer's weight axes {axes}")
         self.pads = {ax: (n, tn_axes[ax]) for ax, n in axes.items() if tn_axes[ax] != n}
-        fan_in = max(1, math.prod(axes.values()) // axes["out"])
-        self.tn = compile_structure(structure, std=1.0 / math.sqrt(3 * fan_in), dtype=dtype, device=device)
         self._choices: LRUCache = LRUCache(CHOICES)
         self._chains: LRUCache = LRUCache(CHOICES)
         self._weight_cache: tuple[tuple, torch.Tensor] | None = None
@@ -135,14 +117,13 @@ class TNLayer(nn.Module):
     # ------------------------------------------------------------------ structure and parameters
     @property
     def structure(self) -> Any:
-        """The template's structure: a TensorGraph (``tn.graph``) or a DeepTN (``tn.deep``)."""
-        graph = getattr(self.tn, "graph", None)
-        return graph if graph is not None else self.tn.deep
+        """The template's structure: a TensorGraph or a DeepTN (``tn.structure``)."""
+        return self.tn.structure
 
     @property
     def tn_axes(self) -> dict[str, int]:
         """The network's axes: the weight's, with padded sizes where padded."""
-        return _structure_axes(self.structure)
+        return self.tn.axes
 
     @property
     def num_tn_params(self) -> int:
@@ -150,8 +131,8 @@ class TNLayer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Random init like the template's (weight std ~ 1/sqrt(3 fan_in), as nn.Linear) and the bias as nn.Linear."""
-        fresh = compile_structure(self.structure, std=1.0 / math.sqrt(3 * self._fan_in), dtype=self.tn.dtype,
-                                  device=self.tn.device)
+        fresh = type(self.tn).for_layer(self.structure, std=1.0 / math.sqrt(3 * self._fan_in), dtype=self.tn.dtype,
+                                        device=self.tn.device)
         self.tn.load_state_dict(fresh.state_dict())
         self._reset_bias()
 
@@ -166,7 +147,7 @@ class TNLayer(nn.Module):
 
     def load_node_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Copy ``{node: tensor}`` into the network's parameters (in place, so optimizers keep them)."""
-        params = _node_tensors(self.tn)
+        params = self.tn.params
         unknown = sorted(set(tensors) - set(params))
         if unknown:
             raise AdtnError(f"{type(self).__name__}: tensors for unknown nodes {unknown}; nodes: {list(params)}")
@@ -289,7 +270,7 @@ class TNLayer(nn.Module):
         if choice is not None:
             rank, budget, modes = choice.rank, None, choice.options.get("modes")
             options.update({k: v for k, v in choice.options.items() if k != "modes"})
-            if "clip" in template_params(get(template)):
+            if get(template).clip:
                 options["clip"] = True
             if choice.axes is not None:  # a zero-padded shape: the network is built on the padded axes
                 structure = get(template).build(choice.axes, rank=rank, **{**options, **choice.options})
@@ -336,29 +317,30 @@ def _auto_shape(where: str, cls: type, args: dict[str, Any], template: str, weig
     """The ``ShapeChoice`` of ``shape="auto"``, or None for the fixed rule; pops ``shape`` and
     ``calibration`` from ``options``.
 
-    ``shape`` not given means ``"auto"`` when it is safe: ``budget=`` is given, no ``modes=`` /
-    ``factors=`` / ``d=`` / ``kernel_with=``, the template is searchable and the network is initialised from the
+    ``shape`` not given means ``"auto"`` when it is safe: ``budget=`` is given, none of the format's
+    shape options (``modes=``, ``factors=``, ``d=``, ``kernel_with=``), the format is searchable and the network is initialised from the
     weight (``init`` "auto" or "decompose"). ``rank=``, ``tol=`` or ``init="random"`` keep the
     fixed rule, as do ``shape="default"`` and ``shape=None``. ``cov``: the covariance of the
     layer's calibration inputs; the search then ranks its finalists by the layer's output error
     on them (the relative error of ``layer(x)``, bias included, as ``adtn.compress`` reports it).
     """
-    from ..shapes import SEARCHABLE, search
+    from ..shapes import search, searchable
 
     if tol is not None:  # tol= searches its own shape (api.tol_structure)
         return None
     shape = options.pop("shape", "unset")
     if shape not in SHAPES + ("unset",):
         raise AdtnError(f"{where}: shape must be 'auto', 'default' or None, got {shape!r}")
-    forced = modes is not None or any(options.get(k) is not None for k in ("factors", "d", "kernel_with"))
+    fmt = get(template)
+    forced = fmt.forced(options, modes)
     if shape == "unset":
-        safe = (budget is not None and tol is None and rank is None and not forced and template in SEARCHABLE
+        safe = (budget is not None and tol is None and rank is None and not forced and fmt.searchable
                 and init in ("auto", "decompose") and not weight.is_meta)
         shape = "auto" if safe else None
     if shape != "auto" or forced:
         return None  # modes= / factors= / d= / kernel_with= force the shape
-    if template not in SEARCHABLE:
-        raise AdtnError(f"{where}: shape='auto' supports templates {list(SEARCHABLE)}, got {template!r}; "
+    if not fmt.searchable:
+        raise AdtnError(f"{where}: shape='auto' supports templates {searchable()}, got {template!r}; "
                         "pass modes= or factors= instead")
     if budget is None or tol is not None:
         raise AdtnError(f"{where}: shape='auto' needs budget= (a fraction of the dense parameters), got "
@@ -488,11 +470,10 @@ class TNLinear(TNLayer):
         the activations) rather than rebuild the weight: never when the eval cache may hold the
         weight (it is rebuilt once, then reused), and only when it streams fewer entries
         (``DeepTNModule.split_cost``)."""
-        cost = getattr(self.tn, "split_cost", None)
-        if cost is None or self.pads or plain_ops() or self._cache_ok():
+        costs = self.tn.split_cost(batch)  # None at once for a network without apply_split
+        if costs is None or self.pads or plain_ops() or self._cache_ok():
             return False
-        costs = cost(batch)
-        return costs is not None and costs[1] < costs[0]
+        return costs[1] < costs[0]
 
     def _chain(self, batch: int) -> ChainPlan | None:
         """The chain executor's plan for this batch size (a TT / MPO network), None when the
@@ -500,7 +481,7 @@ class TNLinear(TNLayer):
         chains = self._chains
         if batch not in chains:
             plan = None
-            if getattr(self.tn, "graph", None) is not None and not getattr(self.tn, "_inputs", None):
+            if self.tn.graph is not None and not self.tn.inputs:  # the chain executor reads one graph's plan
                 p = self.tn.plan(("in",), batch)
                 plan = chain_plan(p.signature, batch)
                 if plan is not None and plan.cost >= tn_cost(self.tn, ("in",), batch):

@@ -6,7 +6,7 @@ shapes, the semi-tensor factor t) as on its ranks. ``search(template, weight, ax
 enumerates the candidate shapes (``candidates``), bounds each one's error from singular values
 of the weight's unfoldings before any decomposition (``spectra``), decomposes the few best for
 real and returns a ``ShapeChoice``. ``adtn.encode(layer, template, budget=b)`` uses it by
-default (``shape="auto"``) for the ``SEARCHABLE`` templates when no ``modes=`` / ``factors=``
+default (``shape="auto"``) for the searchable formats (``searchable()``) when no ``modes=`` / ``factors=``
 / ``d=`` is given and the layer is initialised from its weight; ``shape="default"`` (or None)
 keeps the fixed rule.
 
@@ -14,6 +14,6 @@ keeps the fixed rule.
     choice.options, choice.rank, choice.error, choice.summary()
 """
 
-from .search import SEARCHABLE, ShapeChoice, search
+from .search import SEARCHABLE, ShapeChoice, search, searchable
 
-__all__ = ["SEARCHABLE", "ShapeChoice", "search"]
+__all__ = ["SEARCHABLE", "ShapeChoice", "search", "searchable"]

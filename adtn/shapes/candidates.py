@@ -1,4 +1,10 @@
-"""The shapes the search tries, per template, each with its rank at the budget and its bonds.
+"""The shapes the search tries, per format, each with its rank at the budget and its bonds.
+
+A format's ``candidates`` hook (``Format.candidates``) gets a ``SearchContext`` and returns its
+candidates, usually through the context's enumerators: ``chains`` for the formats shaped by
+``modes=`` (chains and trees, their truncated-SVD shapes given by the format) and ``kronecker``
+for Kronecker factor splits. The context carries those enumerators (and ``Candidate``,
+``svd_key``) so that formats, which sit below the search in the import order, need not import it.
 
 A candidate is a set of build options (``factors=`` for ``kronecker``, ``modes=`` and for
 semi-tensor templates ``t=``), the network's axes (padded where an axis is zero-padded), its
@@ -43,17 +49,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..budget import fill_ranks, knob_for_budget
-from ..errors import AdtnError
+from ..errors import AdtnError, TemplateError
 from ..graph import TensorGraph
 from ..options import balanced, resolve
-from ..templates import get
+from ..templates import Format, get, names
 from ..templates.factor import default_modes, divisors, factorize, weight_axes
 from .spectra import Key, canonical, kron_key
 
-__all__ = ["Candidate", "enumerate_candidates", "graph_bonds", "options_key", "svd_key"]
+__all__ = ["Candidate", "SearchContext", "enumerate_candidates", "graph_bonds", "options_key", "searchable",
+           "svd_key"]
 
-RINGS = ("tr", "semi_tr")
-SEMI_T = (2, 4)  # t tried by the semi-tensor templates when the caller gives none
+SvdShapes = Callable[[dict[str, int], tuple[Any, ...]], tuple[list[tuple[dict, Any]], list[tuple[dict, Any]]]]
 
 
 @dataclass
@@ -81,6 +87,8 @@ def options_key(options: Mapping[str, Any]) -> str:
         a, b = options["factors"]
         return repr((tuple(dict(a).values()) if isinstance(a, Mapping) else tuple(a),
                      tuple(dict(b).values()) if isinstance(b, Mapping) else tuple(b)))
+    if "modes" not in options:  # a format shaped by other options (or by none)
+        return repr(sorted((k, repr(v)) for k, v in options.items()))
     out, inn = options["modes"]
     return repr((tuple(out), tuple(inn), options.get("t"), options.get("kernel_with")))
 
@@ -174,10 +182,9 @@ def _mode_sets(axes: dict[str, int], dmax: int) -> list[tuple[tuple[int, ...], t
     return list(dict.fromkeys(sets))
 
 
-def _chain(template: str, axes: dict[str, int], modes: Any, extra: dict, rank: Any, budget: float | None,
+def _chain(t: Format, ring: bool, axes: dict[str, int], modes: Any, extra: dict, rank: Any, budget: float | None,
            dense: int, tag: str) -> Candidate | None:
     """A chain / tree candidate at ``rank`` (or at the largest uniform rank within ``budget``)."""
-    t = get(template)
     kwargs = {"modes": modes, "clip": True, **extra}
     try:
         if rank is None:  # as budget= sizes a layer: the largest uniform rank, then bonds topped up
@@ -187,45 +194,20 @@ def _chain(template: str, axes: dict[str, int], modes: Any, extra: dict, rank: A
         params = t.formula(axes, rank=rank, **kwargs)
     except AdtnError:
         return None
-    bonds = graph_bonds(graph, template in RINGS)
+    bonds = graph_bonds(graph, ring)
     svd = any(key == svd_key(axes) for key, _ in bonds)
     return Candidate({"modes": tuple(map(tuple, modes)), **extra}, dict(axes), rank, params, bonds,
                      tag or ("svd" if svd else ""))
 
 
-def _svd_shapes(template: str, axes: dict[str, int], ts: tuple[int | None, ...]
-                ) -> tuple[list[tuple[dict, Any]], list[tuple[dict, Any]]]:
-    """(build options, R -> rank) of the template's truncated-SVD shapes (see the module doc), and
-    the fallbacks at t = 1 of the semi-tensor templates when t is the search's to choose."""
-    out, inn, spatial = weight_axes(axes, "shape search")
-    o, i = axes[out], axes[inn]
-    merge = {"kernel_with": 1} if spatial else {}
-    if template in ("tt", "ht"):
-        return [({"modes": ((o, 1), (1, i)), **merge}, lambda r: r)], []
-    if template == "tr":
-        return [({"modes": ((o, 1), (1, i)), **merge}, lambda r: [r, 1])], []
-    kernel = math.prod(axes[ax] for ax in spatial)
-    found: list[tuple[dict, Any]] = []
-    for t in ts:
-        if t is None or t == 1 or i % t:
-            continue
-        modes = ((o, 1), (t, i // t))
-        if template == "semi_tt":
-            found.append(({"modes": modes, "t": t, **merge}, lambda r, t=t: t * r))
-        elif spatial:  # the spatial core last in the ring: + kernel**2 entries
-            found.append(({"modes": modes, "t": t}, lambda r, t=t: [1, t * r, kernel]))
-    plain_rank = (lambda r: r) if template == "semi_tt" else (lambda r: [r, 1])
-    plain = ({"modes": ((o, 1), (1, i)), "t": 1, **merge}, plain_rank)
-    return found, [plain] if ts == SEMI_T or 1 in ts else []
-
-
-def _svd_like(template: str, axes: dict[str, int], budget: float, dense: int,
-              ts: tuple[int | None, ...]) -> list[Candidate]:
-    """The template's truncated-SVD shapes at the largest R within ``budget``, tagged ``svd``:
-    the approximation is the truncated SVD itself, so its bound is the unfolding's tail at R.
-    The t = 1 fallback joins when no t >= 2 shape fits, and always for ``semi_tr`` (whose t >= 2
-    conv shape pays kh kw squared entries, more than one rank of the SVD on small kernels)."""
-    t = get(template)
+def _svd_like(t: Format, axes: dict[str, int], budget: float, dense: int, ts: tuple[int | None, ...],
+              svd_shapes: SvdShapes, fallback_always: bool) -> list[Candidate]:
+    """The format's truncated-SVD shapes (``svd_shapes(axes, ts) -> (shapes, fallbacks)``, each
+    (build options, R -> rank)) at the largest R within ``budget``, tagged ``svd``: the
+    approximation is the truncated SVD itself, so its bound is the unfolding's tail at R. The
+    fallbacks join when no other shape fits, and always with ``fallback_always`` (a semi-tensor
+    ring, whose t >= 2 conv shape pays kh kw squared entries, more than one rank of the SVD on
+    small kernels)."""
     out = axes[weight_axes(axes, "shape search")[0]]
     cap = min(out, dense // out)  # the rank of the (out | in*kh*kw) unfolding
 
@@ -238,9 +220,9 @@ def _svd_like(template: str, axes: dict[str, int], budget: float, dense: int,
                                        t.formula(axes, rank=rank_of(r), **options), ((svd_key(axes), r),), "svd"))
         return found
 
-    shapes, fallback = _svd_shapes(template, axes, ts)
+    shapes, fallback = svd_shapes(axes, ts)
     found = sized(shapes)
-    return found + (sized(fallback) if not found or template == "semi_tr" else [])
+    return found + (sized(fallback) if not found or fallback_always else [])
 
 
 def _largest(count: Callable[[int], int], cap: int, limit: float) -> int:
@@ -259,61 +241,106 @@ def _largest(count: Callable[[int], int], cap: int, limit: float) -> int:
     return lo
 
 
-def _chains(template: str, axes: dict[str, int], budget: float, dense: int, dmax: int, ts: tuple[int, ...],
-            tag: str) -> list[Candidate]:
+def _chains(fmt: Format, ring: bool, axes: dict[str, int], budget: float, dense: int, dmax: int,
+            ts: tuple[int | None, ...], tag: str) -> list[Candidate]:
     found = []
     for modes in _mode_sets(axes, dmax):
         for t in ts:
-            c = _chain(template, axes, modes, {"t": t} if t else {}, None, budget, dense, tag)
+            c = _chain(fmt, ring, axes, modes, {"t": t} if t else {}, None, budget, dense, tag)
             if c is not None:
                 found.append(c)
     return found
 
 
-def _default(template: str, axes: dict[str, int], budget: float, extra: dict) -> Candidate | None:
+def _default_spec(template: str, axes: dict[str, int], budget: float, extra: dict) -> Any:
     """The fixed rule ``budget=`` alone gives (balanced modes, padded where they would be lopsided)."""
     kind = "conv" if len(axes) > 2 else "linear"
     try:
         with warnings.catch_warnings():  # a budget the fixed rule fills badly is the search's business
             warnings.simplefilter("ignore")
-            spec = resolve("shape search", template, axes, kind, budget=budget, options=dict(extra))
+            return resolve("shape search", template, axes, kind, budget=budget, options=dict(extra))
     except AdtnError:
         return None
-    kw = dict(spec.kwargs)
-    dense = math.prod(axes.values())
-    if template == "kronecker":
-        from ..templates.kronecker import default_factors
 
-        fa, fb = kw.get("factors") or default_factors(axes)
-        fa, fb = dict(zip(axes, dict(fa).values())), dict(zip(axes, dict(fb).values()))
-        a, b = tuple(fa.values()), tuple(fb.values())
-        rank = kw["rank"]
-        return Candidate({"factors": (fa, fb)}, dict(axes), rank, rank * (math.prod(a) + math.prod(b)),
-                         ((kron_key(a, b), rank),), "default")
-    opts = {k: v for k, v in kw.items() if k in ("t",)}
-    return _chain(template, dict(spec.axes), kw["modes"], opts, kw["rank"], None, dense, "default")
+
+class SearchContext:
+    """What the shape search hands a format's ``candidates`` hook: the weight's ``axes``, the
+    ``budget`` (a fraction of the unpadded dense count), the caller's ``t`` and ``pad``, and
+    the enumerators the built-in formats use."""
+
+    Candidate = Candidate  # formats build their own candidates without importing this module
+
+    def __init__(self, template: str, axes: Mapping[str, int], budget: float, t: int | None, pad: bool) -> None:
+        self.template, self.format = template, get(template)
+        self.axes, self.budget, self.t, self.pad = dict(axes), float(budget), t, pad
+        self.dense = math.prod(self.axes.values())
+        self.dmax = max(3, len(default_modes(self.axes)[weight_axes(self.axes, "shape search")[0]]))
+
+    def svd_key(self, axes: Mapping[str, int] | None = None) -> Key:
+        """The unfolding (out | everything else) of ``axes`` (default: the weight's)."""
+        return svd_key(self.axes if axes is None else axes)
+
+    def largest(self, count: Callable[[int], int], cap: int) -> int:
+        """The largest r in 1..cap whose ``count(r)`` is within the budget (an AdtnError counts as over), or 0."""
+        return _largest(count, cap, self.budget * self.dense)
+
+    def variants(self) -> list[tuple[dict[str, int], str]]:
+        """The axes to enumerate on: the weight's, then (with ``pad``) zero-padded sizes tagged ``padded``."""
+        return [(self.axes, "")] + ([(v, "padded") for v in _pad_variants(self.axes, self.dmax)] if self.pad else [])
+
+    def chains(self, svd_shapes: SvdShapes, *, ring: bool = False, t_values: tuple[int, ...] = (),
+               fallback_always: bool = False) -> list[Candidate]:
+        """The candidates of a format shaped by ``modes=``: its default shape, its truncated-SVD
+        shapes (``svd_shapes``) and every mode set of ``_mode_sets`` on every variant. ``ring``:
+        bonds are read as TR-SVD builds a ring (``graph_bonds``); ``t_values``: the semi-tensor
+        factors tried when the caller gives no ``t``."""
+        ts = (self.t,) if self.t is not None else t_values or (None,)
+        spec = _default_spec(self.template, self.axes, self.budget,
+                             {"t": self.t} if t_values and self.t is not None else {})
+        found = []
+        if spec is not None:
+            opts = {k: v for k, v in spec.kwargs.items() if k in ("t",)}
+            default = _chain(self.format, ring, dict(spec.axes), spec.kwargs["modes"], opts, spec.kwargs["rank"],
+                             None, self.dense, "default")
+            found += [default] if default is not None else []
+        found += _svd_like(self.format, self.axes, self.budget, self.dense, ts, svd_shapes, fallback_always)
+        for ax, tag in self.variants():
+            found += _chains(self.format, ring, ax, self.budget, self.dense, self.dmax, ts, tag)
+        return found
+
+    def kronecker(self, default_factors: Callable[[dict[str, int]], tuple[dict, dict]]) -> list[Candidate]:
+        """The candidates of a format shaped by ``factors=(a, b)`` (a sum of Kronecker products):
+        its default split (``default_factors`` unless the fixed rule picked one), then every
+        split of every axis over its divisors on every variant (Van Loan's exact error)."""
+        spec = _default_spec(self.template, self.axes, self.budget, {})
+        found = []
+        if spec is not None:
+            kw = dict(spec.kwargs)
+            fa, fb = kw.get("factors") or default_factors(self.axes)
+            fa, fb = dict(zip(self.axes, dict(fa).values())), dict(zip(self.axes, dict(fb).values()))
+            a, b = tuple(fa.values()), tuple(fb.values())
+            rank = kw["rank"]
+            found.append(Candidate({"factors": (fa, fb)}, dict(self.axes), rank, rank * (math.prod(a) + math.prod(b)),
+                                   ((kron_key(a, b), rank),), "default"))
+        for ax, tag in self.variants():
+            found += _kron(ax, self.budget, self.dense, tag)
+        return found
+
+
+def searchable() -> list[str]:
+    """The registered formats the shape search has candidates for."""
+    return [n for n in names() if get(n).candidates is not None]
 
 
 def enumerate_candidates(template: str, axes: Mapping[str, int], budget: float, t: int | None = None,
                          pad: bool = True) -> list[Candidate]:
     """Every candidate shape of ``template`` for a weight of ``axes`` at ``budget`` (a fraction of
-    the unpadded dense count); the default first, then the SVD-like ones, duplicates dropped."""
-    axes = dict(axes)
-    dense = math.prod(axes.values())
-    out = weight_axes(axes, "shape search")[0]
-    dmax = max(3, len(default_modes(axes)[out]))
-    semi = template.startswith("semi_")
-    ts = (t,) if t is not None else SEMI_T if semi else (None,)
-    default = _default(template, axes, budget, {"t": t} if semi and t is not None else {})
-    found = [default] if default is not None else []
-    variants = [(axes, "")] + ([(v, "padded") for v in _pad_variants(axes, dmax)] if pad else [])
-    if template != "kronecker":
-        found += _svd_like(template, axes, budget, dense, ts)
-    for ax, tag in variants:
-        if template == "kronecker":
-            found += _kron(ax, budget, dense, tag)
-        else:
-            found += _chains(template, ax, budget, dense, dmax, ts, tag)
+    the unpadded dense count), from its ``candidates`` hook; the default first, then the
+    SVD-like ones, duplicates dropped."""
+    fmt = get(template)
+    if fmt.candidates is None:
+        raise TemplateError(f"shape search: template {template!r} is not searchable; valid: {searchable()}")
+    found = list(fmt.candidates(SearchContext(template, axes, budget, t, pad)))
     found.sort(key=lambda c: c.tag not in ("default", "svd"))  # stable: those two survive deduplication
     unique: dict[tuple, Candidate] = {}
     for c in found:

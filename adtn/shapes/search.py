@@ -14,16 +14,15 @@ from torch import Tensor
 
 from ..budget import effective_ranks
 from ..errors import AdtnError, RankError, ShapeError, TemplateError
-from ..options import template_params
 from ..templates import get
-from .candidates import Candidate, enumerate_candidates, options_key
+from .candidates import Candidate, enumerate_candidates, options_key, searchable
 from .spectra import Unfoldings, single_thread
 
-__all__ = ["SEARCHABLE", "ShapeChoice", "search"]
+__all__ = ["SEARCHABLE", "ShapeChoice", "search", "searchable"]
 
-SEARCHABLE = ("kronecker", "tt", "tr", "ht", "semi_tt", "semi_tr")
+SEARCHABLE = tuple(searchable())  # the built-in searchable formats; ``searchable()`` also lists ones registered later
 REFINE_NUMEL = 2**18  # finalists are decomposed for real up to this many weight entries
-ESTIMATED = ("tr", "semi_tr")  # templates whose screening error is a model estimate, not a bound
+SCREEN_STEPS = 0  # finalists are compared on the whitened decomposition; only the chosen shape is refined
 SERIAL_NUMEL = 2**20
 BIG_NUMEL = 2**22  # above this many entries only MAX_SCREENED candidates are screened
 MAX_SCREENED = 48  # the whole search runs on one thread up to this many (see spectra.single_thread)
@@ -78,6 +77,8 @@ def _fmt(options: Mapping[str, Any]) -> str:
     if "factors" in options:
         a, b = options["factors"]
         return f"factors={tuple(dict(a).values())}x{tuple(dict(b).values())}"
+    if "modes" not in options:  # a format shaped by other options (or by none)
+        return " ".join(f"{k}={v}" for k, v in options.items()) or "shape"
     out, inn = options["modes"]
     t = f" t={options['t']}" if options.get("t") else ""
     kernel = f" kernel_with={options['kernel_with']}" if options.get("kernel_with") is not None else ""
@@ -98,12 +99,13 @@ def _approximation(template: str, dense: Tensor, c: Candidate, cov: Any = None) 
     from ..templates.init_common import contract
 
     padded = _padded(dense, c.axes)
-    opts = dict(c.options) | ({"clip": True} if "clip" in template_params(get(template)) else {})
+    opts = dict(c.options) | ({"clip": True} if get(template).clip else {})
     if cov is not None:
         from ..calibration.init import calibrated_init, fit_covariance
 
         axes = dict(zip(c.axes, dense.shape))
         graph, tensors = calibrated_init(template, padded, c.axes, fit_covariance(cov, axes, c.axes), rank=c.rank,
+                                         steps=SCREEN_STEPS,
                                          **opts)
     else:
         graph, tensors = get(template).init(padded, c.axes, rank=c.rank, **opts)
@@ -169,7 +171,7 @@ def search(
     R^2 > out + in*kh*kw the SVD at its parameter count keeps a rank or two more.
 
     Args:
-        template: one of ``SEARCHABLE``.
+        template: a searchable format (``searchable()``: one with a ``candidates`` hook).
         dense: the weight, shaped like ``axes`` (out, in[, kh, kw]).
         axes: the weight's axes, name -> size.
         budget: a fraction of the dense parameter count.
@@ -193,8 +195,8 @@ def search(
 def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine, pad, cov=None,
             bias=None) -> ShapeChoice:
     start = time.perf_counter()
-    if template not in SEARCHABLE:
-        raise TemplateError(f"shape search: template {template!r} is not searchable; valid: {list(SEARCHABLE)}")
+    if template not in searchable():
+        raise TemplateError(f"shape search: template {template!r} is not searchable; valid: {searchable()}")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
         raise RankError(f"shape search: budget is a fraction of the dense parameters, > 0, got {budget!r}")
     axes = dict(axes)
@@ -250,7 +252,7 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
             elif cov is not None:
                 c.output = cov.output_error(dense, approx, bias)
         criterion = "output" if inputs is not None or cov is not None else "weight"
-    elif template in ESTIMATED and get(template).init is not None and cov is None:
+    elif get(template).estimated and get(template).init is not None and cov is None:
         _measure_leaders(template, dense, finalists, unf)
     return _choice(template, cands, finalists, criterion, measured, time.perf_counter() - start, axes)
 
@@ -324,7 +326,7 @@ def _choice(template: str, cands: list[Candidate], finalists: list[Candidate], c
     rest = sorted((c for c in cands if c not in finalists), key=rank)
     ranked = finals + ([] if criterion == "output" else rest)
     best = ranked[0]
-    if "clip" in template_params(get(template)):  # report the ranks the network has, not the topped-up caps
+    if get(template).clip:  # report the ranks the network has, not the topped-up caps
         best.rank = effective_ranks(get(template), best.axes, {**best.options, "rank": best.rank, "clip": True})["rank"]
     default = next((c for c in finalists if c.tag == "default"), None)
 

@@ -1,7 +1,24 @@
-"""Formats as graph builders. Importing this package registers every built-in template."""
+"""Formats as graph builders, one folder each. Importing this package registers every built-in format.
 
-from .registry import TEMPLATES, Template, get, names, register, template_of
+A format is a ``Format`` (``registry.py``) declared by its folder's ``__init__``: build and
+count (``build.py``), decompose (``decompose.py``), conv fast form (``conv.py``), shape-search
+candidates (``search.py``) and whatever else it needs; nothing outside its folder names it.
+"""
 
-__all__ = ["TEMPLATES", "Template", "get", "names", "register", "template_of"]
+from .registry import (
+    TEMPLATES,
+    ConvForm,
+    Format,
+    Template,
+    get,
+    names,
+    policy_members,
+    register,
+    template_of,
+    unregister,
+)
 
-from . import adtn, cp, ht, kronecker, semi, semi_tucker, tt, tucker  # noqa: F401  (registers the templates)
+__all__ = ["TEMPLATES", "ConvForm", "Format", "Template", "get", "names", "policy_members", "register",
+           "template_of", "unregister"]
+
+from . import adtn, cp, ht, kronecker, semi, semi_tucker, tt, tucker  # noqa: F401  (registers the formats)

@@ -28,11 +28,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import TemplateError
-from ..graph import TensorGraph
-from .factor import Bound, enforce_ranks, ranks_list, resolve_modes, weight_axes
-from .init_chain import init_tr, init_tt
-from .registry import register
+from ...errors import TemplateError
+from ...graph import TensorGraph
+from ..factor import Bound, enforce_ranks, ranks_list, resolve_modes, weight_axes
 
 __all__ = [
     "Chain",
@@ -233,7 +231,6 @@ def tr_params(
     return _chain(axes, rank, modes, d, clip, True, "tr", options, kernel_with).num_params
 
 
-@register("tt", formula=tt_params, init=init_tt)
 def build_tt(
     axes: Mapping[str, int],
     *,
@@ -257,7 +254,6 @@ def build_tt(
     return _chain(axes, rank, modes, d, clip, False, "tt", options, kernel_with).graph("tt")
 
 
-@register("tr", formula=tr_params, init=init_tr)
 def build_tr(
     axes: Mapping[str, int],
     *,

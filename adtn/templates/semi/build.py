@@ -52,12 +52,10 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import ShapeError, TemplateError
-from ..graph import TensorGraph
-from .factor import enforce_ranks, ranks_list
-from .init_chain import init_semi_tr, init_semi_tt
-from .registry import register
-from .tt import Chain, Site, bond_names, chain_bounds, chain_sites
+from ...errors import ShapeError, TemplateError
+from ...graph import TensorGraph
+from ..factor import enforce_ranks, ranks_list
+from ..tt.build import Chain, Site, bond_names, chain_bounds, chain_sites
 
 __all__ = ["build_semi_tr", "build_semi_tt", "semi_tr_params", "semi_tt_params"]
 
@@ -156,7 +154,6 @@ def semi_tr_params(
     return _semi_chain(axes, rank, modes, d, t, clip, True, "semi_tr", options, kernel_with).num_params
 
 
-@register("semi_tt", formula=semi_tt_params, init=init_semi_tt, t_in_modes=-1)  # A's in modes: all but the last
 def build_semi_tt(
     axes: Mapping[str, int],
     *,
@@ -185,7 +182,6 @@ def build_semi_tt(
     return _semi_chain(axes, rank, modes, d, t, clip, False, "semi_tt", options, kernel_with).graph("semi_tt")
 
 
-@register("semi_tr", formula=semi_tr_params, init=init_semi_tr, t_in_modes=0)  # every core is an A
 def build_semi_tr(
     axes: Mapping[str, int],
     *,

@@ -22,12 +22,10 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import TemplateError
-from ..graph import TensorGraph
-from .factor import check_rank
-from .init_sums import init_cp
-from .registry import register
-from .tucker import check_axes, positive_int
+from ...errors import TemplateError
+from ...graph import TensorGraph
+from ..factor import check_rank
+from ..tucker.build import check_axes, positive_int
 
 __all__ = ["cp", "cp_max_rank", "cp_params", "delta"]
 
@@ -62,7 +60,6 @@ def delta(rank: int, legs: int = 3) -> torch.Tensor:
     return out
 
 
-@register("cp", formula=cp_params, init=init_cp)
 def cp(axes: Mapping[str, int], *, rank: int) -> TensorGraph:
     """CP of rank R: factors ``u_<axis>`` (n_k, R) joined by a chain of fixed 3-leg copy tensors.
 

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..decompose import hosvd
-from ..decompose.svd import rank_for_delta
-from ..graph import TensorGraph
-from .init_common import initialise
+from ...decompose import hosvd
+from ...decompose.svd import rank_for_delta
+from ...graph import TensorGraph
+from ..init_common import initialise
 
 __all__ = ["init_semi_tucker", "init_tucker", "init_tucker2"]
 

@@ -23,11 +23,9 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 
-from ..errors import AdtnError, RankError, ShapeError, TemplateError
-from ..graph import TensorGraph
-from .factor import check_rank
-from .init_tucker import init_tucker, init_tucker2
-from .registry import register
+from ...errors import AdtnError, RankError, ShapeError, TemplateError
+from ...graph import TensorGraph
+from ..factor import check_rank
 
 __all__ = ["tucker", "tucker2", "tucker2_params", "tucker_params"]
 
@@ -133,7 +131,6 @@ def tucker_graph(sizes: Mapping[str, int], ranks: Mapping[str, int], name: str) 
     return g.set_outputs(outputs).freeze()
 
 
-@register("tucker", formula=tucker_params, init=init_tucker)
 def tucker(axes: Mapping[str, int], *, rank: Rank, compress: Sequence[str] | str | None = None,
            clip: bool = False) -> TensorGraph:
     """Tucker: a core times one factor matrix per compressed axis.
@@ -174,7 +171,6 @@ def tucker2_params(axes: Mapping[str, int], *, rank: Rank, clip: bool = False) -
     return sizes["in"] * ranks["in"] + rest * ranks["in"] * ranks["out"] + ranks["out"] * sizes["out"]
 
 
-@register("tucker2", formula=tucker2_params, init=init_tucker2)
 def tucker2(axes: Mapping[str, int], *, rank: Rank, clip: bool = False) -> TensorGraph:
     """Tucker-2: factors on the channel axes ``out`` and ``in`` only; the spatial axes stay in the core.
 

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..decompose import ht_svd
-from ..decompose.ht import ht_tree
-from ..decompose.svd import rank_for_delta
-from ..errors import AdtnError
-from ..graph import TensorGraph
-from .init_common import initialise, open_legs, regroup
+from ...decompose import ht_svd
+from ...decompose.ht import ht_tree
+from ...decompose.svd import rank_for_delta
+from ...errors import AdtnError
+from ...graph import TensorGraph
+from ..init_common import initialise, open_legs, regroup
 
 __all__ = ["init_ht"]
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..deep import ACTIVATIONS, LAYOUTS, PREV, STATE, DeepTN, gate_pairs, num_legs, operator_graph
-from ..errors import ShapeError, TemplateError
-from .registry import register
+from ...errors import ShapeError, TemplateError
+from ..registry import register
+from .operators import ACTIVATIONS, LAYOUTS, PREV, STATE, gate_pairs, num_legs, operator_graph
+from .structure import DeepTN
 
 __all__ = ["adtn_params", "boundary_gates", "build", "check_options"]
 
@@ -98,7 +99,7 @@ def adtn_params(
     return 4 * b + 16 * (q - 1 - b) + 16 * (q - 1) * (depth - 1) + int(bool(learn_scale))
 
 
-@register("adtn", formula=adtn_params, kinds=("linear", "conv"))
+@register("adtn", formula=adtn_params, kinds=("linear", "conv"), example=({"out": 8, "in": 8}, {"depth": 2}))
 def build(
     axes: Mapping[str, int],
     *,

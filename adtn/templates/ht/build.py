@@ -30,12 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import RankError, TemplateError
-from ..graph import TensorGraph
-from .factor import Bound, enforce_ranks, ranks_list, resolve_modes, weight_axes
-from .init_ht import init_ht
-from .registry import register
-from .tt import kernel_site
+from ...errors import RankError, TemplateError
+from ...graph import TensorGraph
+from ..factor import Bound, enforce_ranks, ranks_list, resolve_modes, weight_axes
+from ..tt.build import kernel_site
 
 __all__ = ["build_ht", "ht_params", "ht_tree"]
 
@@ -195,7 +193,6 @@ def ht_params(
     return _spec(axes, rank, modes, d, clip, options, kernel_with).num_params
 
 
-@register("ht", formula=ht_params, init=init_ht)
 def build_ht(
     axes: Mapping[str, int],
     *,

@@ -22,11 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..errors import ShapeError, TemplateError
-from ..graph import TensorGraph
-from .init_tucker import init_semi_tucker
-from .registry import register
-from .tucker import Rank, per_axis, positive_int, tucker_ranks
+from ...errors import ShapeError, TemplateError
+from ...graph import TensorGraph
+from ..tucker.build import Rank, per_axis, positive_int, tucker_ranks
 
 __all__ = ["semi_tucker", "semi_tucker_params"]
 
@@ -67,7 +65,6 @@ def semi_tucker_params(
     return core + sum((sizes[ax] // ts[ax]) * (r // ts[ax]) for ax, r in ranks.items())
 
 
-@register("semi_tucker", formula=semi_tucker_params, init=init_semi_tucker)
 def semi_tucker(
     axes: Mapping[str, int], *, rank: Rank, t: T = 2, compress: Sequence[str] | str | None = None,
     clip: bool = False,

@@ -27,12 +27,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..errors import ShapeError, TemplateError
-from ..graph import TensorGraph
-from .factor import check_rank
-from .init_sums import init_kronecker
-from .registry import register
-from .tucker import check_axes, per_axis, positive_int
+from ...errors import ShapeError, TemplateError
+from ...graph import TensorGraph
+from ..factor import check_rank
+from ..tucker.build import check_axes, per_axis, positive_int
 
 __all__ = ["default_factors", "kronecker", "kronecker_params"]
 
@@ -106,7 +104,6 @@ def kronecker_params(
     return rank * (math.prod(a.values()) + math.prod(b.values()))
 
 
-@register("kronecker", formula=kronecker_params, init=init_kronecker)
 def kronecker(
     axes: Mapping[str, int], *, rank: int, factors: tuple[Shape | None, Shape | None] | None = None,
     clip: bool = False,
