@@ -28,8 +28,8 @@ from ..conv_ops import ConvGeometry, Work, tucker_conv, tucker_cost, unfold_inpu
 from ..errors import AdtnError, ShapeError
 from ..templates.registry import TEMPLATES
 from ..tracing import COMPILE_BATCH, new_handle
+from .base import TNLayer
 from .forward import MEMORY_WEIGHT, Choice, choose, tn_cost
-from .linear import TNLayer
 
 __all__ = ["TNConv1d", "TNConv2d"]
 

@@ -14,7 +14,7 @@ from ..graph import TensorGraph
 from ..templates import get
 
 if TYPE_CHECKING:
-    from .linear import TNLayer
+    from .base import TNLayer
 
 __all__ = ["INITS", "POOR_FIT", "initialize", "match_norm"]
 
