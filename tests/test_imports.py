@@ -162,3 +162,14 @@ def test_old_import_paths_and_pickled_names_still_resolve() -> None:
     assert b"_Buffers" in data and b"adtn.module" in data
     loaded = pickle.load(io.BytesIO(data))
     assert isinstance(loaded, adtn.module.Buffers) and loaded["a"].sum() == 2
+
+
+def test_layer_names_keep_their_import_path_after_the_split() -> None:
+    """``adtn.layers.linear`` was split (base: TNLayer, encode: building from a dense layer); the
+    names it exported still import from it, as the same objects."""
+    from adtn.layers import TNLayer, TNLinear, base, linear
+
+    assert linear.TNLayer is base.TNLayer is TNLayer and linear.TNLinear is TNLinear
+    assert linear.CHOICES == base.CHOICES and linear.compile_structure is base.compile_structure
+    assert set(linear.__all__) == {"CHOICES", "TNLayer", "TNLinear", "compile_structure"}
+    assert TNLinear.__module__ == "adtn.layers.linear"  # pickled models name this path
