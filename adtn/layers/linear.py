@@ -148,10 +148,10 @@ class TNLinear(TNLayer):
         the activations) rather than rebuild the weight: never when the eval cache may hold the
         weight (it is rebuilt once, then reused), and only when it streams fewer entries
         (``DeepTNModule.split_cost``)."""
-        costs = self.tn.split_cost(batch)  # None at once for a network without apply_split
-        if costs is None or self.pads or plain_ops() or self._cache_ok():
+        if self.pads or plain_ops() or self._cache_ok():  # the cheap checks first: this runs every call
             return False
-        return costs[1] < costs[0]
+        costs = self.tn.split_cost(batch)  # None at once for a network without apply_split
+        return costs is not None and costs[1] < costs[0]
 
     def _chain(self, batch: int) -> ChainPlan | None:
         """The chain executor's plan for this batch size (a TT / MPO network), None when the

@@ -66,7 +66,7 @@ class LastOperatorSplit:
         if split is None:
             return None
         mid, outs, ins, q_out = split
-        q = self.deep.q
+        q = self._q  # plain data: forward asks this every call, and deep.q walks the graph
         full = len(self._windows[-1]) * 2**q
         return full, len(mid) * 2**q + batch * (len(outs) * 2**q_out + len(ins) * 2 ** (q - q_out))
 
