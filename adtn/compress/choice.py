@@ -17,6 +17,8 @@ from ..templates import get
 from ..train import eval_mode
 from .sizes import LAYER_KEYS, SIZE_KEYS, Job, Ladder, make_ladder
 
+COMPARE_STEPS = 10  # refinement iterations of each candidate format while the auto policy compares them
+
 __all__ = ["build", "choose", "encode_quietly", "errors", "opts_for", "prepare", "rel_error", "searched_layer"]
 
 
@@ -124,7 +126,7 @@ def choose(job: Job, share: float | None) -> None:
         job.chosen, (job.ladder, _) = next(iter(pool.items()))
         return
     reasons = {}
-    with refinement(0):  # formats are compared on their whitened decompositions; the chosen one is refined later
+    with refinement(COMPARE_STEPS):  # formats are compared after a short refinement; the chosen one gets the full one
         for t, (ladder, value) in pool.items():
             job.ladder = ladder
             try:

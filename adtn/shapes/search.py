@@ -22,7 +22,7 @@ __all__ = ["SEARCHABLE", "ShapeChoice", "search", "searchable"]
 
 SEARCHABLE = tuple(searchable())  # the built-in searchable formats; ``searchable()`` also lists ones registered later
 REFINE_NUMEL = 2**18  # finalists are decomposed for real up to this many weight entries
-SCREEN_STEPS = 0  # finalists are compared on the whitened decomposition; only the chosen shape is refined
+SCREEN_STEPS = 10  # refinement iterations of each finalist; the chosen shape gets the full refinement
 SERIAL_NUMEL = 2**20
 BIG_NUMEL = 2**22  # above this many entries only MAX_SCREENED candidates are screened
 MAX_SCREENED = 48  # the whole search runs on one thread up to this many (see spectra.single_thread)
@@ -93,9 +93,10 @@ def _estimate(unf: Unfoldings, c: Candidate, level: str) -> float:
     return math.sqrt(sum(unf.tail2(key, r, level) for key, r in c.bonds) / unf.norm2)
 
 
-def _approximation(template: str, dense: Tensor, c: Candidate, cov: Any = None) -> Tensor:
+def _approximation(template: str, dense: Tensor, c: Candidate, cov: Any = None, steps: int | None = None) -> Tensor:
     """The weight the template's initialiser gives for this candidate (cropped to ``dense``);
-    with a covariance ``cov`` the data-aware one (``adtn.calibration.init``)."""
+    with a covariance ``cov`` the data-aware one (``adtn.calibration.init``), refined by at most
+    ``steps`` iterations (None: the full refinement)."""
     from ..templates.init_common import contract
 
     padded = _padded(dense, c.axes)
@@ -105,7 +106,7 @@ def _approximation(template: str, dense: Tensor, c: Candidate, cov: Any = None) 
 
         axes = dict(zip(c.axes, dense.shape))
         graph, tensors = calibrated_init(template, padded, c.axes, fit_covariance(cov, axes, c.axes), rank=c.rank,
-                                         steps=SCREEN_STEPS,
+                                         steps=steps,
                                          **opts)
     else:
         graph, tensors = get(template).init(padded, c.axes, rank=c.rank, **opts)
@@ -243,15 +244,20 @@ def _search(template, dense, axes, budget, inputs, apply, t, candidates, refine,
         c.estimate = _estimate(unf(c), c, "sketch")
     criterion = "weight"
     if measured:
-        for c in finalists:
-            approx = _approximation(template, dense, c, cov)
+        def measure(c: Candidate, steps: int | None) -> None:
+            approx = _approximation(template, dense, c, cov, steps)
             c.error = float(torch.linalg.vector_norm(approx - dense) / math.sqrt(unf(c, False).norm2))
             if run is not None:
                 diff = torch.linalg.vector_norm(run(approx, inputs) - ref)
                 c.output = float(diff / torch.linalg.vector_norm(ref).clamp_min(1e-30))
             elif cov is not None:
                 c.output = cov.output_error(dense, approx, bias)
+
+        for c in finalists:
+            measure(c, SCREEN_STEPS)
         criterion = "output" if inputs is not None or cov is not None else "weight"
+        if cov is not None:  # the leader refined in full, as the layer will be: its errors are the layer's
+            measure(min(finalists, key=lambda c: (c.output if c.output is not None else c.error, c.params)), None)
     elif get(template).estimated and get(template).init is not None and cov is None:
         _measure_leaders(template, dense, finalists, unf)
     return _choice(template, cands, finalists, criterion, measured, time.perf_counter() - start, axes)
