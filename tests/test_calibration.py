@@ -295,3 +295,34 @@ def test_calibrated_compress_beats_the_plain_one_on_its_data():
         plain_err = _rel(adtn.compress(model, "tt", budget=0.3, shape="default")[0](x), ref)
         assert _rel(plain(x), ref) < plain_err
     assert all(r.calib_error is not None for r in rp.rows)
+
+
+class _TokenModel(nn.Module):
+    """A tokenizer-fed stand-in: embedding, one Linear on every token, one on the mean (a pooler)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(30, 8)
+        self.token = nn.Linear(8, 6)
+        self.pool = nn.Linear(6, 4)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.token(self.emb(input_ids))
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return self.pool((h * m).sum(1) / m.sum(1))
+
+
+def test_padding_tokens_are_left_out_of_the_covariance():
+    from adtn.calibration.collect import collect
+
+    torch.manual_seed(0)
+    model = _TokenModel()
+    long, short = torch.tensor([[3, 5, 7, 9, 11]]), torch.tensor([[4, 6, 8]])
+    padded = {"input_ids": torch.cat([long, F.pad(short, (0, 2))]),
+              "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
+    apart = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)} for ids in (long, short)]
+    layers = {"token": model.token, "pool": model.pool}
+    got, want = collect(model, layers, padded).covariances, collect(model, layers, apart).covariances
+    assert got["token"].count == want["token"].count == 8  # real tokens only, not 10
+    torch.testing.assert_close(got["token"].sigma, want["token"].sigma)
+    assert got["pool"].count == 2  # the pooler's (batch, features) input ignores the (batch, tokens) mask

@@ -271,3 +271,16 @@ def test_a_toy_format_from_one_file_runs_everywhere(toy):
     assert toy in str(rep) and toy in str(report) and rep.rows[0].forward == "direct/toy_two_convs"
     _, auto = adtn.compress(model, policy="auto", budget=0.3, candidates=(toy, "tt"))
     assert all(toy in r.candidates for r in auto.rows)
+
+
+@pytest.mark.parametrize("policy", ["cp", "tt", "kronecker", "hybrid", "mixed", "auto"])
+def test_a_misspelt_option_is_named_by_compress_for_every_policy(policy):
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
+    with pytest.raises(TemplateError, match=r"unknown option\(s\) \['rnak'\].*valid: .*'rank'"):
+        adtn.compress(model, policy, budget=0.5, rnak=3)
+
+
+@pytest.mark.parametrize("template", ["cp", "tt", "tucker2", "adtn"])
+def test_a_misspelt_option_is_named_by_encode(template):
+    with pytest.raises(TemplateError, match=rf"TNLinear.encode: unknown option\(s\) \['rnak'\] for {template}"):
+        adtn.encode(nn.Linear(16, 16), template, rank=2 if template != "adtn" else None, rnak=3)

@@ -103,3 +103,29 @@ def test_pretrained_minilm_ranks_a_paraphrase_above_an_unrelated_sentence(bench)
         e = model(**tok.batch(["Return the number of items in the list.", "Give the length of the list.",
                                "The weather in Paris was sunny today."]))
     assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.2
+
+
+def _docstring_tree(root: Path) -> None:
+    """A one-module tree whose docstrings hold a prose sentence, a held-out one and a code-like one."""
+    root.mkdir(parents=True)
+    (root / "__init__.py").write_text('"""Return the sum of the two numbers given here.\n\n'
+                                      'The held out sentence must never be used for training.\n\n'
+                                      'Call f(x_1, 2) to get the value of the thing."""\n')
+
+
+def test_training_text_leaves_out_every_held_out_sentence(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sentences = importlib.import_module("_sentences")
+    held_out = "The held out sentence must never be used for training."
+    _docstring_tree(tmp_path / "stdlib" / "mod")
+    monkeypatch.setattr(sentences.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path / "stdlib")})
+    prose = sentences.stdlib_sentences()
+    assert held_out in prose and "Call f(x_1, 2) to get the value of the thing." not in prose  # prose only
+    loose = sentences.stdlib_text(exclude={held_out})
+    assert "Call f(x_1, 2) to get the value of the thing." in loose
+    assert not any(held_out in s for s in loose) and len(loose) == 2
+
+    _docstring_tree(tmp_path / "site" / "adtn_fake_docs")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    pkg = sentences.package_sentences(("adtn_fake_docs", "adtn_not_installed"), exclude={held_out})
+    assert pkg == ["Return the sum of the two numbers given here."]

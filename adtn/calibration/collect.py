@@ -4,7 +4,9 @@
 whose first item is the input, as a loader's ``(x, y)``, or a dict of keyword inputs) or an
 iterable of such batches (a DataLoader, or a list whose items are all dicts or tuples: a list
 whose first item is a tensor is one ``(x, y)`` batch). Forward pre-hooks add each layer's inputs to its
-``Accumulator``, so memory stays bounded however many batches there are.
+``Accumulator``, so memory stays bounded however many batches there are. A dict batch with an
+``attention_mask`` (a tokenizer's output) counts real tokens only: padding positions would
+otherwise pull every layer's covariance towards the pad token's states.
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ def _finite(x: Tensor) -> bool:
     return bool(torch.isfinite(x.sum(dtype=torch.float64)))
 
 
+def _attention_mask(batch: Any) -> Tensor | None:
+    """A dict batch's ``attention_mask`` (batch, tokens), when it has one."""
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    return mask if isinstance(mask, Tensor) and mask.dim() == 2 else None
+
+
 def _shape(batch: Any) -> Any:
     if isinstance(batch, Tensor):
         return tuple(batch.shape)
@@ -88,6 +96,7 @@ def collect(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Any,
     found = Collected()
     bad: list[str] = []
     errors: dict[str, ShapeError] = {}
+    mask: list[Tensor | None] = [None]  # the running batch's attention_mask, if any
 
     def keep(name: str):
         def hook(module: nn.Module, args: tuple) -> None:  # returns None: the input is left as it is
@@ -99,7 +108,7 @@ def collect(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Any,
                     bad.append(name)
                 return
             try:
-                accs[name].add(x)
+                accs[name].add(x, mask[0])
             except ShapeError as err:  # raised after the pass, unless the model itself fails on the batch
                 errors.setdefault(name, err)
         return hook
@@ -108,6 +117,7 @@ def collect(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Any,
     try:
         with eval_mode(model):
             for k, batch in enumerate(batches(calibration)):
+                mask[0] = _attention_mask(batch)
                 try:
                     out = call(model, batch)
                 except ShapeError:

@@ -204,8 +204,11 @@ class Accumulator:
         self.count = 0
         self.input_shape: tuple[int, ...] | None = None
 
-    def add(self, x: Tensor) -> None:
-        """Add one batch of inputs (any leading dims for a linear layer; (N, C, ...) for a conv)."""
+    def add(self, x: Tensor, keep: Tensor | None = None) -> None:
+        """Add one batch of inputs (any leading dims for a linear layer; (N, C, ...) for a conv).
+        ``keep``: a mask over a linear layer's leading dims (a tokenizer's ``attention_mask`` for
+        ``x`` of shape (batch, tokens, features)); rows where it is 0 (padding) are left out. A mask
+        of another shape than those dims is ignored (a pooler's (batch, features) input)."""
         if not isinstance(x, Tensor) or not x.is_floating_point():
             got = type(x).__name__ if not isinstance(x, Tensor) else f"a {x.dtype} tensor"
             raise ShapeError(f"{self.where}: calibration inputs must be floating-point tensors, got {got}")
@@ -216,6 +219,8 @@ class Accumulator:
             if x.dim() < 1 or x.shape[-1] != self.features:
                 raise ShapeError(f"{self.where}: calibration inputs of shape {tuple(x.shape)} do not fit "
                                  f"{self.layer_text}: it takes {self.features} input features (the last dimension)")
+            if keep is not None and tuple(keep.shape) == tuple(x.shape[:-1]):
+                x = x[keep.to(device=x.device) != 0]
             rows = x.reshape(1, -1, self.features)
         else:
             nd = len(self.geo.kernel)

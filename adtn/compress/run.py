@@ -15,12 +15,12 @@ from ..calibration.allocation import ALLOCATIONS
 from ..calibration.collect import Collected, call, collect, reiterable
 from ..errors import AdtnError, RankError, TemplateError
 from ..report import LayerRow, Report, layer_flops
-from ..templates import names
+from ..templates import check_options, names, policy_members
 from ..train import eval_mode
 from .allocate import budgeted
 from .choice import build, choose, errors, prepare, rel_error
 from .policy import POLICIES, make_jobs, policy_names, policy_text
-from .sizes import MIN_GAIN, SIZE_KEYS, TOLERANCE, Job
+from .sizes import LAYER_KEYS, MIN_GAIN, SIZE_KEYS, TOLERANCE, Job
 
 __all__ = ["compress"]
 
@@ -46,6 +46,18 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
     return model
+
+
+def _option_templates(policy: Any, candidates: Sequence[str] | None) -> list[str]:
+    """The formats whose build options ``compress``'s own options may name: the policy's (a template
+    name, a policy's members, ``auto``'s candidates); every registered one for a dict or callable."""
+    if isinstance(policy, str) and policy in names():
+        return [policy]
+    if policy == "auto" and candidates:
+        return [c for c in candidates if c in names()] or names()
+    if isinstance(policy, str):
+        return sorted({m for kind in ("linear", "conv") for m in policy_members(policy, kind)}) or names()
+    return names()
 
 
 def compress(
@@ -108,6 +120,8 @@ def compress(
                                or not 0 < budget <= 1):
         raise RankError(f"compress: budget is the fraction of the compressed layers' parameters, in (0, 1], "
                         f"got {budget!r}")
+    check_options("compress", _option_templates(policy, candidates), template_options,
+                  (*LAYER_KEYS, *SIZE_KEYS, "modes"))
     sizes = [k for k in SIZE_KEYS if template_options.get(k) is not None]
     if budget is not None and sizes:
         raise RankError(f"compress: give budget= or a size for every layer ({', '.join(sizes)}=), not both")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import AdtnError
-from ..templates.registry import get
+from ..templates.registry import check_options, get
 from ..tolerance import tol_structure
 from .initialize import INITS, initialize
 
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .base import TNLayer
 
 __all__ = ["SHAPES", "encode_layer"]
+
+
+LAYER_OPTIONS = ("shape", "calibration")  # encode options that are the layer's, not the template's
 
 
 def encode_layer(cls: type[TNLayer], args: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor | None,
@@ -31,6 +34,7 @@ def encode_layer(cls: type[TNLayer], args: dict[str, Any], weight: torch.Tensor,
     common = {"bias": bias is not None, "template": template, "forward": forward, "device": weight.device,
               "dtype": weight.dtype}
     options = dict(options)
+    check_options(where, [template], options, LAYER_OPTIONS)
     cov = _covariance(where, args, weight, options.pop("calibration", None))
     choice = _auto_shape(where, cls, args, template, weight, bias, options, rank=rank, budget=budget, tol=tol,
                          modes=modes, init=init, cov=cov)

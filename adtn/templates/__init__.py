@@ -10,6 +10,7 @@ from .registry import (
     ConvForm,
     Format,
     Template,
+    check_options,
     get,
     names,
     policy_members,
@@ -18,7 +19,7 @@ from .registry import (
     unregister,
 )
 
-__all__ = ["TEMPLATES", "ConvForm", "Format", "Template", "get", "names", "policy_members", "register",
+__all__ = ["TEMPLATES", "ConvForm", "Format", "Template", "check_options", "get", "names", "policy_members", "register",
            "template_of", "unregister"]
 
 from . import adtn, cp, ht, kronecker, semi, semi_tucker, tt, tucker  # noqa: F401  (registers the formats)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from ..errors import TemplateError
 
-__all__ = ["TEMPLATES", "ConvForm", "Format", "Template", "build_params", "get", "names",
+__all__ = ["TEMPLATES", "ConvForm", "Format", "Template", "build_params", "check_options", "get", "names",
            "policy_members", "register", "template_of", "unregister"]
 
 INFER = "infer"  # a Format field left to be read from the build function's signature
@@ -224,6 +224,21 @@ def get(name: str) -> Format:
         return TEMPLATES[name]
     except KeyError:
         raise TemplateError(f"template {name!r} not found; valid: {sorted(TEMPLATES)}") from None
+
+
+def check_options(where: str, templates: Iterable[str], options: Mapping[str, Any],
+                  allowed: Iterable[str] = ()) -> None:
+    """A ``TemplateError`` naming every key of ``options`` that none of ``templates`` builds with and
+    that is not in ``allowed`` (the caller's own options): a misspelt option must not reach a
+    formula as a bare ``TypeError``, nor be silently dropped by a policy that picks formats."""
+    templates = list(templates)
+    valid = set(allowed)
+    for name in templates:
+        valid.update(get(name).params())
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        which = templates[0] if len(templates) == 1 else f"any of {', '.join(templates)}"
+        raise TemplateError(f"{where}: unknown option(s) {unknown} for {which}; valid: {sorted(valid)}")
 
 
 def names() -> list[str]:
