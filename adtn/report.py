@@ -91,7 +91,8 @@ class Report:
         policy: the policy, as text.
         budget: the requested parameter fraction of the compressed layers (None: sizes given).
         model_params_before, model_params_after: every parameter of the model.
-        model_error: relative Frobenius error of the model's output on the calibration batch.
+        model_error: relative Frobenius error of the model's output on the first calibration batch
+            (every floating tensor of a tuple / dict output, as a transformers model returns).
         flops_unit: what the FLOPs columns count.
     """
 

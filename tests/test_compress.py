@@ -462,3 +462,27 @@ def test_a_layer_no_network_fits_stays_dense_with_the_reason():
 def test_no_layer_any_network_fits_is_a_clear_error():
     with pytest.raises(AdtnError, match="no layer of Sequential.*can take the policy's networks"):
         compress(nn.Sequential(nn.Linear(3, 5)), "semi_tucker", budget=0.5)
+
+
+class _DictOutput(nn.Module):
+    """Returns what a transformers model does: a dict of tensors (and an integer one, not compared)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(16, 32), nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        hidden = torch.tanh(self.body(x))
+        return {"hidden": hidden, "ids": x.argmax(-1), "logits": self.head(hidden)}
+
+
+def test_model_error_covers_every_float_tensor_of_a_dict_output():
+    torch.manual_seed(0)
+    model, x = _DictOutput(), torch.randn(64, 16)
+    out, report = compress(model, "cp", budget=0.4, calibration=x)
+    with torch.no_grad():
+        a, b = out(x), model(x)
+    diff = torch.cat([(a[k] - b[k]).flatten() for k in ("hidden", "logits")])
+    ref = torch.cat([b[k].flatten() for k in ("hidden", "logits")])
+    assert report.model_error == pytest.approx(float(diff.norm() / ref.norm()), rel=1e-5)
+    assert report.model_error > 0

@@ -25,13 +25,30 @@ from .sizes import LAYER_KEYS, MIN_GAIN, SIZE_KEYS, TOLERANCE, Job
 __all__ = ["compress"]
 
 
+def float_leaves(out: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a model's output, in order: the tensor itself, or those inside
+    a tuple / list / dict (a transformers ``ModelOutput`` is a dict)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in float_leaves(item)]
+    return []
+
+
 @torch.no_grad()
 def model_error(model: nn.Module, batch: Any, ref: Any) -> float | None:
-    if not isinstance(ref, torch.Tensor):
+    """Relative error of the model's output against ``ref`` over all its floating tensors (None when
+    the output holds none, or its structure changed)."""
+    want = float_leaves(ref)
+    if not want:
         return None
     with eval_mode(model):
-        out = call(model, batch)
-    return rel_error(out, ref) if isinstance(out, torch.Tensor) else None
+        got = float_leaves(call(model, batch))
+    if [t.shape for t in got] != [t.shape for t in want]:
+        return None
+    return rel_error(torch.cat([t.flatten() for t in got]), torch.cat([t.flatten() for t in want]))
 
 
 def forward_order(jobs: list[Job], order: list[str]) -> list[Job]:
