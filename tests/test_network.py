@@ -146,7 +146,7 @@ def test_a_model_pickled_before_the_move_loads_and_runs():
     assert "params" in deep._modules and "gates" not in deep._modules
     assert isinstance(deep._plans, LRUCache) and deep.axes == {"out": 8, "in": 8}
     with torch.no_grad():
-        torch.testing.assert_close(model(x), y, rtol=0, atol=0)
+        torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-6)  # float32 round-off differs across CPUs
     keys = set(model.state_dict())
     assert "0.tn.params.l0_g0" in keys and not any(".gates." in k for k in keys)
     model.train()  # it trains: gradients reach the gates
